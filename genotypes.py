@@ -1,0 +1,165 @@
+"""Search-space vocabulary, named architectures and a safe genotype parser (paper Sec. 3; SPEC.md "Deriving the genotype")."""
+import ast
+from collections import namedtuple
+
+from operations import OPS
+from utils import UserError
+
+Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')
+
+# Order matters: it is the column order of the architecture parameters.
+PRIMITIVES = [
+    'none',
+    'max_pool_3x3',
+    'avg_pool_3x3',
+    'skip_connect',
+    'sep_conv_3x3',
+    'sep_conv_5x5',
+    'dil_conv_3x3',
+    'dil_conv_5x5',
+]
+
+# Published architectures, for comparison (DARTS, Liu et al. 2019; PC-DARTS, Xu et al. 2020).
+NASNet = Genotype(
+    normal=[('sep_conv_5x5', 1), ('sep_conv_3x3', 0), ('sep_conv_5x5', 0), ('sep_conv_3x3', 0),
+            ('avg_pool_3x3', 1), ('skip_connect', 0), ('avg_pool_3x3', 0), ('avg_pool_3x3', 0),
+            ('sep_conv_3x3', 1), ('skip_connect', 1)],
+    normal_concat=[2, 3, 4, 5, 6],
+    reduce=[('sep_conv_5x5', 1), ('sep_conv_7x7', 0), ('max_pool_3x3', 1), ('sep_conv_7x7', 0),
+            ('avg_pool_3x3', 1), ('sep_conv_5x5', 0), ('skip_connect', 3), ('avg_pool_3x3', 2),
+            ('sep_conv_3x3', 2), ('max_pool_3x3', 1)],
+    reduce_concat=[4, 5, 6])
+
+AmoebaNet = Genotype(
+    normal=[('avg_pool_3x3', 0), ('max_pool_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_5x5', 2),
+            ('sep_conv_3x3', 0), ('avg_pool_3x3', 3), ('sep_conv_3x3', 1), ('skip_connect', 1),
+            ('skip_connect', 0), ('avg_pool_3x3', 1)],
+    normal_concat=[4, 5, 6],
+    reduce=[('avg_pool_3x3', 0), ('sep_conv_3x3', 1), ('max_pool_3x3', 0), ('sep_conv_7x7', 2),
+            ('sep_conv_7x7', 0), ('avg_pool_3x3', 1), ('max_pool_3x3', 0), ('max_pool_3x3', 1),
+            ('conv_7x1_1x7', 0), ('sep_conv_3x3', 5)],
+    reduce_concat=[3, 4, 6])
+
+DARTS_V2 = Genotype(
+    normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1),
+            ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1),
+            ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)],
+    reduce_concat=[2, 3, 4, 5])
+DARTS = DARTS_V2
+
+PC_DARTS_cifar = Genotype(
+    normal=[('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 0), ('dil_conv_3x3', 1),
+            ('sep_conv_5x5', 0), ('sep_conv_3x3', 1), ('avg_pool_3x3', 0), ('dil_conv_3x3', 1)],
+    normal_concat=range(2, 6),
+    reduce=[('sep_conv_5x5', 1), ('max_pool_3x3', 0), ('sep_conv_5x5', 1), ('sep_conv_5x5', 2),
+            ('sep_conv_3x3', 0), ('sep_conv_3x3', 3), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2)],
+    reduce_concat=range(2, 6))
+
+# The architecture searched on RAF-DB and released by the authors (named ARC there).
+GLA_FERNet = Genotype(
+    normal=[('sep_conv_5x5', 0), ('avg_pool_3x3', 1), ('dil_conv_5x5', 0), ('sep_conv_5x5', 1),
+            ('sep_conv_5x5', 0), ('sep_conv_5x5', 1), ('skip_connect', 3), ('dil_conv_5x5', 0)],
+    normal_concat=range(2, 6),
+    reduce=[('sep_conv_3x3', 1), ('max_pool_3x3', 0), ('avg_pool_3x3', 1), ('skip_connect', 0),
+            ('max_pool_3x3', 1), ('sep_conv_3x3', 2), ('max_pool_3x3', 1), ('sep_conv_5x5', 0)],
+    reduce_concat=range(2, 6))
+ARC = GLA_FERNet
+PCDARTS = GLA_FERNet  # the released train.py's default --arch
+
+# Paste searched genotypes below (NAME = Genotype(...)) and train them with --arch NAME.
+
+
+def named_genotypes():
+    """All Genotype objects defined in this module, by name (aliases included)."""
+    return {name: value for name, value in globals().items()
+            if isinstance(value, Genotype) and not name.startswith('_')}
+
+
+def genotype_by_name(name):
+    genotypes = named_genotypes()
+    if name not in genotypes:
+        raise UserError(f"unknown architecture name '{name}'; genotypes.py defines: {', '.join(sorted(genotypes))}")
+    return genotypes[name]
+
+
+def format_genotype(genotype):
+    """The one-line text search logs print and parse_genotype reads."""
+    return repr(genotype)
+
+
+def _literal(node, what):
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise UserError(f'{what} must be a literal, got: {ast.unparse(node)}') from None
+
+
+def _parse_concat(node, field):
+    # range(a, b) is what namedtuple's repr prints for the default concat; evaluate only that call.
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'range' \
+            and not node.keywords and 1 <= len(node.args) <= 2:
+        bounds = [_literal(arg, field) for arg in node.args]
+        if all(isinstance(b, int) for b in bounds):
+            return range(*bounds)
+    value = _literal(node, field)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
+        raise UserError(f'{field} must be a list of node indices or range(a, b), got: {ast.unparse(node)}')
+    return list(value)
+
+
+def _check_cell(ops, concat, field):
+    valid = sorted(name for name in OPS if name != 'none')
+    if not isinstance(ops, (list, tuple)) or len(ops) == 0 or len(ops) % 2:
+        raise UserError(f'{field} must list an even number of (op, input) pairs, two per node; got {len(ops) if isinstance(ops, (list, tuple)) else ops!r}')
+    for position, entry in enumerate(ops):
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2
+                and isinstance(entry[0], str) and isinstance(entry[1], int)):
+            raise UserError(f"{field}[{position}] must be ('op_name', input_index), got {entry!r}")
+        name, index = entry
+        if name not in OPS or name == 'none':
+            raise UserError(f"{field}[{position}]: unknown operation '{name}'; valid names: {', '.join(valid)}")
+        node = position // 2
+        if not 0 <= index < 2 + node:
+            raise UserError(f'{field}[{position}]: input index {index} out of range for node {node} '
+                            f'(it may read states 0..{node + 1})')
+    steps = len(ops) // 2
+    for index in concat:
+        if not 2 <= index < 2 + steps:
+            raise UserError(f'{field}_concat: node index {index} out of range 2..{steps + 1}')
+
+
+def parse_genotype(text):
+    """Parse `Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...)` without eval.
+
+    A leading `genotype = ` (as search logs print it) is accepted; anything else is refused with a message.
+    """
+    text = text.strip()
+    if text.startswith('genotype') and '=' in text.split('(', 1)[0]:
+        text = text.split('=', 1)[1].strip()
+    try:
+        tree = ast.parse(text, mode='eval').body
+    except SyntaxError as e:
+        raise UserError(f'cannot parse genotype text ({e.msg}): {text[:120]}') from None
+    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == 'Genotype'):
+        raise UserError(f'expected Genotype(normal=[...], normal_concat=..., reduce=[...], reduce_concat=...), got: {text[:120]}')
+    fields = {}
+    if len(tree.args) > len(Genotype._fields):
+        raise UserError(f'Genotype takes {len(Genotype._fields)} fields, got {len(tree.args)}')
+    for name, node in zip(Genotype._fields, tree.args):
+        fields[name] = node
+    for keyword in tree.keywords:
+        if keyword.arg not in Genotype._fields or keyword.arg in fields:
+            raise UserError(f'unexpected or repeated Genotype field {keyword.arg!r}; fields are {", ".join(Genotype._fields)}')
+        fields[keyword.arg] = keyword.value
+    missing = [f for f in Genotype._fields if f not in fields]
+    if missing:
+        raise UserError(f'genotype is missing field(s): {", ".join(missing)}')
+    normal = [tuple(e) if isinstance(e, (list, tuple)) else e for e in _literal(fields['normal'], 'normal')]
+    reduce = [tuple(e) if isinstance(e, (list, tuple)) else e for e in _literal(fields['reduce'], 'reduce')]
+    normal_concat = _parse_concat(fields['normal_concat'], 'normal_concat')
+    reduce_concat = _parse_concat(fields['reduce_concat'], 'reduce_concat')
+    _check_cell(normal, normal_concat, 'normal')
+    _check_cell(reduce, reduce_concat, 'reduce')
+    return Genotype(normal=normal, normal_concat=normal_concat, reduce=reduce, reduce_concat=reduce_concat)

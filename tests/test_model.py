@@ -1,0 +1,313 @@
+"""Search space, supernets, discrete network and architect against SPEC.md."""
+import pathlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import genotypes
+import model
+import model_search_ran_softmax_sigmoid as random_search
+import model_search_softmax_sigmoid as sequential_search
+import architect
+from architect import Architect
+from genotypes import PRIMITIVES, Genotype, parse_genotype
+from released_reference import released_mixed_op, released_network
+from utils import UserError, count_parameters
+
+SUPERNETS = [sequential_search.Network, random_search.Network]
+
+
+def tiny_supernet(cls=sequential_search.Network, **kwargs):
+    torch.manual_seed(0)
+    return cls(8, 7, 3, **kwargs)
+
+
+@pytest.mark.parametrize('cls', SUPERNETS)
+def test_supernet_parameter_count_matches_released(cls):
+    net = cls(16, 7, 8, k=4)
+    assert count_parameters(net, exclude=net.arch_parameters()) == 298_807
+
+
+def test_discrete_parameter_count_and_cell_channels_match_released():
+    net = model.Network(36, 7, 8, False, genotypes.GLA_FERNet)
+    assert count_parameters(net) == 1_376_899
+    channels = [(c.preprocess0.conv_1.in_channels if c.preprocess0.__class__.__name__ == 'FactorizedReduce'
+                 else c.preprocess0.op[1].in_channels, c.preprocess1.op[1].in_channels,
+                 c.preprocess1.op[1].out_channels) for c in net.cells]
+    assert channels == [(108, 108, 36), (108, 144, 36), (144, 144, 72), (144, 288, 72),
+                        (288, 288, 72), (288, 288, 144), (288, 576, 144), (576, 576, 144)]
+
+
+def test_state_dict_uses_darts_names():
+    keys = set(sequential_search.Network(16, 7, 8).state_dict())
+    for key in ['stem.0.weight', 'stem.1.running_mean', 'cells.0.preprocess0.op.1.weight',
+                'cells.3.preprocess0.conv_1.weight', 'cells.2._ops.0._ops.3.conv_2.weight',  # stride-2 skip
+                'cells.0._ops.13._ops.1.1.running_var',  # pool followed by its BN
+                'cells.0._ops.0._ops.4.op.6.weight', 'cells.0._ops.0._ops.7.op.2.weight',
+                'classifier.weight', 'classifier.bias']:
+        assert key in keys, key
+    discrete = set(model.Network(36, 7, 8, True, genotypes.GLA_FERNet).state_dict())
+    assert {'cells.0._ops.0.op.1.weight', 'cells.0._ops.0.op.3.weight', 'auxiliary_head.features.2.weight',
+            'auxiliary_head.classifier.weight'} <= discrete
+
+
+def test_released_weights_load_and_ours_load_into_released_layout():
+    net = sequential_search.Network(16, 7, 8)
+    arch = set(net._arch_names)
+    released_state = {k: v for k, v in net.state_dict().items() if k not in arch}  # released: alphas not registered
+    fresh = sequential_search.Network(16, 7, 8)
+    result = fresh.load_state_dict(released_state, strict=False)
+    assert result.unexpected_keys == [] and set(result.missing_keys) == arch
+    loaded = fresh.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in released_state.items())
+
+
+@pytest.mark.parametrize('k', [1, 2, 4, 8])
+def test_partial_channel_ratio(k):
+    net = sequential_search.Network(16, 7, 3, k=k, image_size=32)
+    assert net.cells[0]._ops[0]._ops[4].op[1].in_channels == 16 // k
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_indivisible_channels_refused():
+    with pytest.raises(ValueError, match='divisible'):
+        sequential_search.Network(6, 7, 3, k=4)
+
+
+def test_k1_mixed_op_is_plain_darts_with_sigmoid_weights():
+    torch.manual_seed(0)
+    op = sequential_search.MixedOp(6, 1, k=1)
+    x, alphas = torch.randn(2, 6, 8, 8), torch.randn(len(PRIMITIVES))
+    weights = torch.sigmoid(alphas)
+    expected = sum(w * o(x) for w, o in zip(weights, op._ops))
+    torch.testing.assert_close(op(x, weights), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_sequential_mixed_op_equals_released(stride):
+    torch.manual_seed(0)
+    op = sequential_search.MixedOp(8, stride, k=4)
+    x, weights = torch.randn(2, 8, 8, 8), torch.rand(len(PRIMITIVES))
+    torch.testing.assert_close(op(x, weights), released_mixed_op(op, x, weights), rtol=1e-5, atol=1e-6)
+
+
+def test_random_mixed_op_permutes_then_shuffles_like_released():
+    torch.manual_seed(0)
+    op = random_search.MixedOp(8, 1, k=4)
+    x, weights = torch.randn(2, 8, 8, 8), torch.rand(len(PRIMITIVES))
+    torch.manual_seed(5)
+    ours = op(x, weights)
+    torch.manual_seed(5)
+    permutation = torch.randperm(8)
+    torch.testing.assert_close(ours, released_mixed_op(op, x, weights, permutation), rtol=1e-5, atol=1e-6)
+
+
+def test_supernet_forward_and_gradients_equal_released():
+    net = tiny_supernet()
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 7, (4,))
+    ours = net(x)
+    reference = released_network(net, x)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(F.cross_entropy(ours, y), net.arch_parameters())
+    reference_grads = torch.autograd.grad(F.cross_entropy(reference, y), net.arch_parameters())
+    for g, r in zip(grads, reference_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-7)
+
+
+def test_sequential_is_deterministic_random_is_seeded_and_different():
+    x = torch.randn(2, 3, 16, 16)
+    sequential = tiny_supernet()
+    randomised = tiny_supernet(random_search.Network)
+    randomised.load_state_dict(sequential.state_dict())
+    assert torch.equal(sequential(x), sequential(x))
+    torch.manual_seed(1)
+    first = randomised(x)
+    second = randomised(x)
+    torch.manual_seed(1)
+    again = randomised(x)
+    assert not torch.allclose(first, second)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, sequential(x))
+
+
+def set_arch(net, alphas_normal, betas_normal):
+    with torch.no_grad():
+        net.alphas_normal.copy_(alphas_normal)
+        net.alphas_reduce.copy_(alphas_normal)
+        net.betas_normal.copy_(betas_normal)
+        net.betas_reduce.copy_(betas_normal)
+
+
+def test_genotype_picks_edges_by_softmax_weighted_strength_and_never_none():
+    net = tiny_supernet()
+    alphas = torch.zeros(14, 8)
+    betas = torch.zeros(14)
+    none, sep3, sep5, maxp, skip = (PRIMITIVES.index(n) for n in
+                                    ['none', 'sep_conv_3x3', 'sep_conv_5x5', 'max_pool_3x3', 'skip_connect'])
+    # node 0 (edges 0, 1): `none` dominates edge 0 but must be ignored; sep_conv_5x5 is the best real op.
+    alphas[0, none], alphas[0, sep5] = 10., 1.
+    alphas[1, sep3] = 3.
+    # node 1 (edges 2, 3, 4): edge 4 has the strongest op weight, but edge 2's larger edge weight wins.
+    alphas[2, maxp], alphas[3, skip], alphas[4, sep3] = 2., 1., 2.5
+    betas[2], betas[4] = 3., -3.
+    set_arch(net, alphas, betas)
+    genotype = net.genotype()
+    assert genotype.normal[:2] == [('sep_conv_3x3', 1), ('sep_conv_5x5', 0)]  # stronger edge first
+    assert genotype.normal[2:4] == [('max_pool_3x3', 0), ('skip_connect', 1)]  # inputs 0 and 1 of node 1
+    assert all(name != 'none' for name, _ in genotype.normal + genotype.reduce)
+    assert list(genotype.normal_concat) == [2, 3, 4, 5]
+    assert genotype == parse_genotype(genotypes.format_genotype(genotype))
+
+
+def test_genotype_matches_released_parse_on_random_weights():
+    net = tiny_supernet()
+    set_arch(net, torch.randn(14, 8), torch.randn(14))
+    weights = torch.sigmoid(net.alphas_normal).detach().numpy()
+    edge = net.edge_weights(net.betas_normal).detach().numpy()
+    expected, start, n = [], 0, 2
+    for i in range(4):  # the released _parse, verbatim in logic
+        W = weights[start:start + n].copy() * edge[start:start + n, None]
+        edges = sorted(range(i + 2), key=lambda x: -max(W[x][k] for k in range(len(W[x])) if k != 0))[:2]
+        for j in edges:
+            k_best = None
+            for k in range(len(W[j])):
+                if k != 0 and (k_best is None or W[j][k] > W[j][k_best]):
+                    k_best = k
+            expected.append((PRIMITIVES[k_best], j))
+        start, n = start + n, n + 1
+    assert net.genotype().normal == expected
+
+
+def test_first_order_architect_changes_only_architecture():
+    net = tiny_supernet()
+    optimizer = torch.optim.SGD(net.weight_parameters(), 0.1, momentum=0.9)
+    arch_step = Architect(net, 0.9, 3e-4, 6e-4, 1e-3)
+    weights_before = [p.detach().clone() for p in net.weight_parameters()]
+    arch_before = [p.detach().clone() for p in net.arch_parameters()]
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 7, (4,))
+    arch_step.step(x, y, x, y, 0.1, optimizer, unrolled=False)
+    assert all(torch.equal(a, b) for a, b in zip(weights_before, net.weight_parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(arch_before, net.arch_parameters()))
+    assert all(p.grad is None for p in net.weight_parameters())
+
+
+def test_unrolled_gradient_matches_autograd_through_virtual_step(monkeypatch):
+    # A tiny finite-difference step in float64, so that no ReLU or max-pool kink is crossed.
+    monkeypatch.setattr(architect, 'HESSIAN_EPSILON', 1e-6)
+    torch.manual_seed(0)
+    net = sequential_search.Network(4, 3, 3, k=2, image_size=8).double()
+    optimizer = torch.optim.SGD(net.weight_parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
+    x_train, y_train = torch.randn(4, 3, 8, 8, dtype=torch.double), torch.randint(0, 3, (4,))
+    x_valid, y_valid = torch.randn(4, 3, 8, 8, dtype=torch.double), torch.randint(0, 3, (4,))
+    F.cross_entropy(net(x_train), y_train).backward()  # give the optimizer a momentum buffer
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    eta = 0.05
+    arch_step = Architect(net, 0.9, 3e-4, 6e-4, 1e-3)
+    _, grads = arch_step.unrolled_gradients(x_train, y_train, x_valid, y_valid, eta, optimizer)
+
+    # Exact: differentiate the validation loss through the virtual step with create_graph.
+    names, weights = zip(*[(n, p) for n, p in net.named_parameters() if n not in net._arch_names])
+    weight_grads = torch.autograd.grad(F.cross_entropy(net(x_train), y_train), weights, create_graph=True)
+    unrolled = {n: w - eta * (optimizer.state[w]['momentum_buffer'] * 0.9 + g + 3e-4 * w)
+                for n, w, g in zip(names, weights, weight_grads)}
+    valid_loss = F.cross_entropy(torch.func.functional_call(net, unrolled, (x_valid,), strict=False), y_valid)
+    exact = torch.autograd.grad(valid_loss, net.arch_parameters())
+    for ours, reference in zip(grads, exact):
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize('name', sorted(genotypes.named_genotypes()))
+@pytest.mark.parametrize('auxiliary', [False, True])
+def test_every_named_genotype_trains(name, auxiliary):
+    torch.manual_seed(0)
+    net = model.Network(8, 7, 5, auxiliary, genotypes.named_genotypes()[name])
+    net.drop_path_prob = 0.2
+    logits, logits_aux = net(torch.randn(2, 3, 48, 48))
+    assert logits.shape == (2, 7) and (logits_aux is not None) == auxiliary
+    loss = F.cross_entropy(logits, torch.tensor([0, 1]))
+    if auxiliary:
+        loss = loss + 0.4 * F.cross_entropy(logits_aux, torch.tensor([0, 1]))
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    net.eval()
+    assert net(torch.randn(1, 3, 48, 48))[1] is None
+
+
+@pytest.mark.parametrize('size', [48, 64, 100, 112])
+def test_image_sizes_divisible_by_four(size):
+    x = torch.randn(2, 3, size, size)
+    for cls in SUPERNETS:
+        assert tiny_supernet(cls, image_size=size)(x).shape == (2, 7)
+    net = model.Network(8, 7, 5, True, genotypes.GLA_FERNet, image_size=size)
+    logits, logits_aux = net(x)
+    assert logits.shape == logits_aux.shape == (2, 7)
+
+
+@pytest.mark.parametrize('size', [50, 30, 47])
+def test_other_image_sizes_refused_at_construction(size):
+    for build in [lambda: sequential_search.Network(8, 7, 3, image_size=size),
+                  lambda: random_search.Network(8, 7, 3, image_size=size),
+                  lambda: model.Network(8, 7, 5, False, genotypes.GLA_FERNet, image_size=size)]:
+        with pytest.raises(ValueError, match='multiples of 4'):
+            build()
+    with pytest.raises(ValueError, match='multiples of 4'):
+        tiny_supernet()(torch.randn(1, 3, size, size))
+
+
+def test_drop_path_rescales_and_skips_identity():
+    torch.manual_seed(0)
+    from utils import drop_path
+    x = torch.ones(10000, 1, 1, 1)
+    dropped = drop_path(x, 0.3)
+    assert torch.isclose(dropped, torch.zeros(())).logical_or(torch.isclose(dropped, torch.tensor(1 / 0.7))).all()
+    assert abs(dropped.mean().item() - 1.) < 0.03
+
+
+def test_no_unconditional_cuda_calls():
+    root = pathlib.Path(__file__).resolve().parent.parent
+    for path in root.glob('*.py'):
+        assert '.cuda()' not in path.read_text(), path.name
+
+
+@pytest.mark.parametrize('name', sorted(genotypes.named_genotypes()))
+def test_parse_genotype_round_trips(name):
+    genotype = genotypes.named_genotypes()[name]
+    parsed = parse_genotype(genotypes.format_genotype(genotype))
+    assert parsed.normal == list(genotype.normal) and list(parsed.normal_concat) == list(genotype.normal_concat)
+    assert parsed.reduce == list(genotype.reduce) and list(parsed.reduce_concat) == list(genotype.reduce_concat)
+
+
+def test_parse_genotype_accepts_log_line_and_lists():
+    text = ("genotype = Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_conv_3x3', 0), ('dil_conv_3x3', 2), "
+            "('sep_conv_5x5', 1), ('max_pool_3x3', 0), ('avg_pool_3x3', 3), ('sep_conv_3x3', 4)], normal_concat=[2, 3, 4, 5], "
+            "reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+            "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=range(2, 6))")
+    genotype = parse_genotype(text)
+    assert genotype.normal[3] == ('dil_conv_3x3', 2) and list(genotype.reduce_concat) == [2, 3, 4, 5]
+
+
+@pytest.mark.parametrize('text, message', [
+    ("Genotype(normal=[('sep_conv_9x9', 0), ('skip_connect', 1)], normal_concat=[2], "
+     "reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1)], reduce_concat=[2])", "unknown operation 'sep_conv_9x9'.*valid names:.*sep_conv_3x3"),
+    ("Genotype(normal=[('none', 0), ('skip_connect', 1)], normal_concat=[2], "
+     "reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1)], reduce_concat=[2])", "unknown operation 'none'"),
+    ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 2)], normal_concat=[2], "
+     "reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1)], reduce_concat=[2])", 'input index 2 out of range for node 0'),
+    ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('skip_connect', 1)], normal_concat=[2], "
+     "reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1)], reduce_concat=[2])", 'even number'),
+    ("__import__('os').system('echo owned')", 'expected Genotype'),
+    ("Genotype(normal=[(__import__('os').system('echo owned'), 0)], normal_concat=[2], reduce=[], reduce_concat=[2])",
+     'must be a literal'),
+    ("Genotype(normal=[('sep_conv_3x3', 0)", 'cannot parse'),
+])
+def test_parse_genotype_rejects_bad_text(text, message):
+    with pytest.raises(UserError, match=message):
+        parse_genotype(text)
+
+
+def test_unknown_architecture_name_lists_choices():
+    with pytest.raises(UserError, match='GLA_FERNet'):
+        genotypes.genotype_by_name('NOPE')
+    assert genotypes.genotype_by_name('PCDARTS') is genotypes.GLA_FERNet is genotypes.ARC

@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,6 +179,17 @@ def _decode_job(job):
     return decode_image(*job)
 
 
+def _decode_pool(workers):
+    if 'fork' not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context('spawn').Pool(workers)
+    # fork, like torch's DataLoader: spawn would need an importable __main__ (it hangs under stdin or a notebook)
+    # and re-runs unguarded scripts. The children only run pillow and numpy, so the threads that fork leaves
+    # behind (torch's pool, which Python 3.12+ warns about) are never touched.
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='.*multi-threaded.*fork', category=DeprecationWarning)
+        return multiprocessing.get_context('fork').Pool(workers)
+
+
 def _cache_dir(root, cache_dir):
     if cache_dir is not None:
         candidates = [Path(cache_dir)]
@@ -224,8 +236,7 @@ def load_images(paths, source_size=SOURCE_SIZE, workers=0, cache_dir=None, root=
     start, report_every = time.time(), max(1000, len(paths) // 10)
     jobs = [(str(p), source_size) for p in paths]
     log(f"decoding {len(paths)} images under {root} with {max(workers, 1)} process(es)")
-    # spawn, not fork: the parent already runs torch's threads (and maybe CUDA), which fork would copy half-alive.
-    pool = multiprocessing.get_context('spawn').Pool(workers) if workers > 0 else None
+    pool = _decode_pool(workers) if workers > 0 else None
     try:
         results = pool.imap(_decode_job, jobs, chunksize=64) if pool else map(_decode_job, jobs)
         for i, array in enumerate(results):
@@ -518,8 +529,7 @@ def main(argv=None):
         if args.command == 'make-synthetic':
             import synthetic  # lazy: synthetic imports make_noise from this module
             sizes = {k: v for k, v in (('n_train', args.train), ('n_test', args.test)) if v is not None}
-            synthetic.make_synthetic(args.out, layout=args.layout, seed=args.seed, **sizes)
-            print(f"wrote a synthetic {args.layout} dataset to {args.out}")
+            synthetic.make_synthetic(args.out, layout=args.layout, seed=args.seed, **sizes)  # reports what it wrote
         else:
             print(f"wrote {make_noise(args.data, args.rate, args.seed)}")
     except UserError as e:
@@ -528,3 +538,11 @@ def main(argv=None):
 
 if __name__ == '__main__':
     main()
+
+
+DEFAULT_ROOTS = {'synthetic': 'data/synthetic-rafdb', 'rafdb': 'data/raf-basic', 'affectnet': 'data/AffectNet'}
+
+
+def default_root(dataset):
+    """Where the scripts look for a dataset when --data is not given."""
+    return DEFAULT_ROOTS[dataset]

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from genotypes import PRIMITIVES, Genotype
 from operations import OPS, FactorizedReduce, ReLUConvBN, check_image_size
+from utils import UserError
 
 NONE_INDEX = PRIMITIVES.index('none')
 
@@ -30,7 +31,7 @@ class MixedOp(nn.Module):
     def __init__(self, C, stride, k=4):
         super().__init__()
         if C % k:
-            raise ValueError(f'channels per edge ({C}) must be divisible by the partial-channel ratio k={k}')
+            raise UserError(f'channels per edge ({C}) must be divisible by the partial-channel ratio k={k}')
         self.k = k
         self.mp = nn.MaxPool2d(2, 2)
         self._ops = nn.ModuleList()

@@ -1,6 +1,9 @@
 """Candidate operations of the GLA-FERNet / DARTS search space (paper Sec. 3.1; SPEC.md "Search space")."""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from utils import UserError
 
 # Every constructor takes (C, stride, affine); the supernet builds them with affine=False.
 OPS = {
@@ -97,7 +100,11 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x):
         x = self.relu(x)
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+        # A 1x1 stride-2 convolution of x (and of x shifted by one pixel) is a 1x1 convolution of its even (odd)
+        # pixels. Slicing first gives the same numbers and avoids a crash of the channels-last CPU backward of
+        # strided 1x1 convolutions with few channels (PyTorch 2.14, oneDNN).
+        return self.bn(torch.cat([F.conv2d(x[:, :, ::2, ::2], self.conv_1.weight),
+                                  F.conv2d(x[:, :, 1::2, 1::2], self.conv_2.weight)], dim=1))
 
 
 def check_image_size(image_size):
@@ -105,5 +112,5 @@ def check_image_size(image_size):
     sizes = image_size if isinstance(image_size, (tuple, list)) else (image_size, image_size)
     for size in sizes:
         if not isinstance(size, int) or size < 8 or size % 4:
-            raise ValueError(f'image size {image_size} is not supported: height and width must be multiples of 4 '
+            raise UserError(f'image size {image_size} is not supported: height and width must be multiples of 4 '
                              f'and at least 8 (e.g. 48, 64, 100, 112), because the two reduction cells halve them twice')

@@ -1,5 +1,6 @@
 """Train a searched GLA-FERNet architecture from scratch and evaluate it on the test set (paper Sec. 4)."""
 import argparse
+import glob
 import os
 
 import torch
@@ -40,7 +41,7 @@ parser.add_argument('--seed', type=int, default=0, help='random seed')
 parser.add_argument('--deterministic', action='store_true', help='repeatable CUDA runs (slower: no cuDNN autotuning)')
 parser.add_argument('--arch', type=str, default=None, help='name of a genotype in genotypes.py (default: PCDARTS = GLA_FERNet)')
 parser.add_argument('--genotype', default=None, help='genotype text, "Genotype(normal=[...], ...)" as search logs print it')
-parser.add_argument('--genotype_file', default=None, help='genotype.txt written by train_search.py, or its run folder')
+parser.add_argument('--genotype_file', default=None, help="genotype.txt written by train_search.py, its run folder, or a pattern such as 'search-EXP-*' (newest match)")
 parser.add_argument('--grad_clip', type=float, default=5, help='gradient clipping')
 parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
 parser.add_argument('--compile', action='store_true', help='torch.compile the network (falls back to eager)')
@@ -58,6 +59,8 @@ def read_genotype(args):
         return genotypes.parse_genotype(args.genotype)
     if args.genotype_file:
         path = args.genotype_file
+        if not os.path.exists(path) and glob.glob(path):  # a pattern such as 'search-DEMO-*': the newest match
+            path = max(glob.glob(path), key=os.path.getmtime)
         if os.path.isdir(path):
             path = os.path.join(path, 'genotype.txt')
         if not os.path.isfile(path):
@@ -189,26 +192,31 @@ def main():
 def train(model, train_loader, optimizer, scaler, num_classes, args, device, amp_dtype, log, prefix):
     model.train()
     loss_meter, matrix = utils.LossMeter(device), utils.ConfusionMatrix(num_classes, device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     progress = utils.Progress(log, prefix, len(train_loader), args.batch_size, args.report_freq)
     for step, (x, y) in enumerate(train_loader):
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            logits, logits_aux = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            if logits_aux is not None:
-                loss = loss + args.auxiliary_weight * F.cross_entropy(logits_aux.float(), y)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        logits, loss = train_step(model, x, y, optimizer, scaler, args.grad_clip, args.auxiliary_weight, amp_dtype)
         loss_meter.update(loss, len(y))
-        matrix.update(logits.detach(), y)
+        matrix.update(logits, y)
         progress.step(step, loss_meter, matrix)
     loss_meter.all_reduce()
     matrix.all_reduce()
     return loss_meter, matrix
+
+
+def train_step(model, x, y, optimizer, scaler, grad_clip, auxiliary_weight, amp_dtype):
+    """One SGD step (auxiliary loss included when the head exists). Returns detached logits and loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits, logits_aux = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        if logits_aux is not None:
+            loss = loss + auxiliary_weight * F.cross_entropy(logits_aux.float(), y)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return logits.detach(), loss.detach()
 
 
 if __name__ == '__main__':

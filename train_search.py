@@ -190,36 +190,40 @@ def train(model, architect, train_loader, arch_batches, optimizer, scaler, lr, w
           prefix):
     """One search epoch: per step an architecture step on a held-out batch (after warm-up), then a weight step."""
     model.train()
-    loss_meter, matrix = utils.LossMeter(device), utils.ConfusionMatrix(model.classifier.out_features
-                                                                        if hasattr(model, 'classifier')
-                                                                        else utils.unwrap(model).classifier.out_features,
-                                                                        device)
-    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-    # fp16 without a loss scale would underflow in the architecture gradients: that step stays fp32 then.
-    arch_autocast = autocast if amp_dtype != torch.float16 else contextlib.nullcontext()
+    num_classes = utils.unwrap(model).classifier.out_features
+    loss_meter, matrix = utils.LossMeter(device), utils.ConfusionMatrix(num_classes, device)
     progress = utils.Progress(log, prefix, len(train_loader), args.batch_size, args.report_freq)
     for step, (x, y) in enumerate(train_loader):
-        if arch_batches is not None:
-            x_arch, y_arch = next(arch_batches)
-            with arch_autocast:
-                architect.step(x, y, x_arch, y_arch, lr, optimizer, args.unrolled)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        scaler.scale(loss).backward(inputs=weights)  # the architecture gradients are not needed here
-        scaler.unscale_(optimizer)
-        if architect.grad_sync is not None:
-            architect.grad_sync([w.grad for w in weights])
-        torch.nn.utils.clip_grad_norm_(weights, args.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        arch_batch = next(arch_batches) if arch_batches is not None else None
+        logits, loss = search_step(model, architect, x, y, arch_batch, optimizer, scaler, lr, weights,
+                                   args.grad_clip, args.unrolled, amp_dtype)
         loss_meter.update(loss, len(y))
-        matrix.update(logits.detach(), y)
+        matrix.update(logits, y)
         progress.step(step, loss_meter, matrix)
     loss_meter.all_reduce()
     matrix.all_reduce()
     return loss_meter, matrix
+
+
+def search_step(model, architect, x, y, arch_batch, optimizer, scaler, lr, weights, grad_clip, unrolled, amp_dtype):
+    """Architecture step on `arch_batch` (if given), then weight step on (x, y). Returns detached logits and loss."""
+    autocast = torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    if arch_batch is not None:
+        # fp16 without a loss scale would underflow in the architecture gradients: that step stays fp32 then.
+        with autocast if amp_dtype != torch.float16 else contextlib.nullcontext():
+            architect.step(x, y, *arch_batch, lr, optimizer, unrolled)
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+    scaler.scale(loss).backward(inputs=weights)  # the architecture gradients are not needed here
+    scaler.unscale_(optimizer)
+    if architect.grad_sync is not None:
+        architect.grad_sync([w.grad for w in weights])
+    torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return logits.detach(), loss.detach()
 
 
 def log_architecture(writer, model, epoch):

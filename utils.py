@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """A problem the user can fix (bad path, malformed file, bad flag); scripts print it without a traceback."""
 
 

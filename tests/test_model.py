@@ -311,3 +311,21 @@ def test_unknown_architecture_name_lists_choices():
     with pytest.raises(UserError, match='GLA_FERNet'):
         genotypes.genotype_by_name('NOPE')
     assert genotypes.genotype_by_name('PCDARTS') is genotypes.GLA_FERNet is genotypes.ARC
+
+
+@pytest.mark.parametrize('size', [8, 16])
+def test_factorized_reduce_equals_strided_convolutions(size):
+    from operations import FactorizedReduce
+    torch.manual_seed(0)
+    op = FactorizedReduce(4, 6)
+    x = torch.randn(2, 4, size, size)
+    y = F.relu(x)
+    expected = op.bn(torch.cat([op.conv_1(y), op.conv_2(y[:, :, 1:, 1:])], dim=1))
+    torch.testing.assert_close(op(x), expected)
+
+
+def test_channels_last_supernet_backward_on_cpu():
+    net = tiny_supernet().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    F.cross_entropy(net(x), torch.tensor([0, 1, 2, 3])).backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.weight_parameters())

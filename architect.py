@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from utils import unwrap
+
 # Finite-difference step of the Hessian-vector product, as in DARTS: r = 0.01 / ||grad||.
 HESSIAN_EPSILON = 0.01
 
@@ -38,12 +40,12 @@ class Architect:
     def unrolled_gradients(self, input_train, target_train, input_valid, target_valid, eta, network_optimizer):
         """d/dalpha L_val(w', alpha) with w' = w - eta * (momentum * buf + dL_train/dw + wd * w) (DARTS eq. 7),
         the second-order term by a finite-difference Hessian-vector product (DARTS eq. 8)."""
-        model = self.model
+        model = unwrap(self.model)  # functional_call needs the plain module's parameter names
         arch_params = model.arch_parameters()
         names, weights = zip(*[(n, p) for n, p in model.named_parameters() if n not in model._arch_names])
 
         # Virtual SGD step of the weights, the same update the weight optimizer would make.
-        train_loss = F.cross_entropy(model(input_train), target_train)
+        train_loss = F.cross_entropy(self.model(input_train), target_train)
         weight_grads = torch.autograd.grad(train_loss, weights, materialize_grads=True)
         with torch.no_grad():
             unrolled = []
@@ -65,11 +67,12 @@ class Architect:
     def hessian_vector_product(self, names, weights, vector, input_train, target_train):
         """(d2 L_train / dalpha dw) . vector, by central differences along `vector`."""
         r = HESSIAN_EPSILON / torch.sqrt(sum((v * v).sum() for v in vector))
-        arch_params = self.model.arch_parameters()
+        model = unwrap(self.model)
+        arch_params = model.arch_parameters()
         grads = []
         for sign in (1., -1.):
             with torch.no_grad():
                 params = {n: w + sign * r * v for n, w, v in zip(names, weights, vector)}
-            loss = F.cross_entropy(functional_call(self.model, params, (input_train,), strict=False), target_train)
+            loss = F.cross_entropy(functional_call(model, params, (input_train,), strict=False), target_train)
             grads.append(torch.autograd.grad(loss, arch_params, materialize_grads=True))
         return [(gp - gn) / (2 * r) for gp, gn in zip(*grads)]

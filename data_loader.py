@@ -546,3 +546,35 @@ DEFAULT_ROOTS = {'synthetic': 'data/synthetic-rafdb', 'rafdb': 'data/raf-basic',
 def default_root(dataset):
     """Where the scripts look for a dataset when --data is not given."""
     return DEFAULT_ROOTS[dataset]
+
+
+def image_size_argument(text):
+    from operations import check_image_size
+    try:
+        check_image_size(int(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return int(text)
+
+
+def add_data_arguments(parser):
+    """The dataset flags shared by train_search.py and train.py."""
+    parser.add_argument('--dataset', choices=['synthetic', 'rafdb', 'affectnet'], default='synthetic',
+                        help='synthetic is generated into --data on first use')
+    parser.add_argument('--data', default=None,
+                        help='dataset root (default: data/synthetic-rafdb, data/raf-basic or data/AffectNet)')
+    parser.add_argument('--noise', type=int, choices=NOISE_LEVELS, default=0,
+                        help='RAF-DB training-label noise in percent: reads EmoLabel/new_{N}_noise.txt')
+    parser.add_argument('--noise_file', default=None,
+                        help='explicit noisy training-label file (any of the three known formats)')
+    parser.add_argument('--affectnet_classes', type=int, choices=[7, 8], default=8, help='7 drops Contempt')
+    parser.add_argument('--image_size', type=image_size_argument, default=IMAGE_SIZE,
+                        help='network input size (a multiple of 4)')
+    parser.add_argument('--workers', type=int, default=2, help='processes decoding JPEGs on the first run (cached after)')
+
+
+def load_from_args(args, log):
+    """(train, test) ImageSets for the dataset flags of add_data_arguments."""
+    return load_dataset(args.dataset, args.data or default_root(args.dataset), noise=args.noise,
+                        noise_file=args.noise_file, affectnet_classes=args.affectnet_classes, workers=args.workers,
+                        log=log)

@@ -14,22 +14,14 @@ import visualize
 from model import Network
 
 parser = argparse.ArgumentParser('train', description=__doc__)
-parser.add_argument('--dataset', choices=['synthetic', 'rafdb', 'affectnet'], default='synthetic',
-                    help='synthetic is generated into --data on first use')
-parser.add_argument('--data', default=None, help='dataset root (default: data/synthetic-rafdb, data/raf-basic or data/AffectNet)')
-parser.add_argument('--noise', type=int, choices=data_loader.NOISE_LEVELS, default=0,
-                    help='RAF-DB training-label noise in percent: reads EmoLabel/new_{N}_noise.txt')
-parser.add_argument('--noise_file', default=None, help='explicit noisy training-label file (any of the three known formats)')
-parser.add_argument('--affectnet_classes', type=int, choices=[7, 8], default=8, help='7 drops Contempt')
-parser.add_argument('--image_size', type=int, default=48, help='network input size (a multiple of 4)')
+data_loader.add_data_arguments(parser)
+utils.add_runtime_arguments(parser)
 parser.add_argument('--batch_size', type=int, default=64, help='batch size')
 parser.add_argument('--learning_rate', type=float, default=0.1, help='init learning rate')
 parser.add_argument('--learning_rate_min', type=float, default=0.0, help='min learning rate of the cosine schedule')
 parser.add_argument('--momentum', type=float, default=0.9, help='momentum')
 parser.add_argument('--weight_decay', type=float, default=3e-4, help='weight decay')
 parser.add_argument('--report_freq', type=int, default=50, help='report frequency (steps)')
-parser.add_argument('--gpu', type=int, default=None, help='CUDA device id for single-process runs (default: current)')
-parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='where to run')
 parser.add_argument('--epochs', type=int, default=600, help='num of training epochs')
 parser.add_argument('--init_channels', type=int, default=36, help='num of init channels')
 parser.add_argument('--layers', type=int, default=8, help='total number of layers')
@@ -38,16 +30,10 @@ parser.add_argument('--auxiliary_weight', type=float, default=0.4, help='weight 
 parser.add_argument('--drop_path_prob', type=float, default=0.3, help='drop path probability')
 parser.add_argument('--save', type=str, default='EXP', help='experiment name')
 parser.add_argument('--seed', type=int, default=0, help='random seed')
-parser.add_argument('--deterministic', action='store_true', help='repeatable CUDA runs (slower: no cuDNN autotuning)')
 parser.add_argument('--arch', type=str, default=None, help='name of a genotype in genotypes.py (default: PCDARTS = GLA_FERNet)')
 parser.add_argument('--genotype', default=None, help='genotype text, "Genotype(normal=[...], ...)" as search logs print it')
 parser.add_argument('--genotype_file', default=None, help="genotype.txt written by train_search.py, its run folder, or a pattern such as 'search-EXP-*' (newest match)")
 parser.add_argument('--grad_clip', type=float, default=5, help='gradient clipping')
-parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
-parser.add_argument('--compile', action='store_true', help='torch.compile the network (falls back to eager)')
-parser.add_argument('--channels_last', action='store_true', help='channels-last memory format')
-parser.add_argument('--workers', type=int, default=2, help='processes decoding JPEGs on the first run (cached after)')
-parser.add_argument('--resume', default=None, help='checkpoint.pt or eval run folder to continue')
 
 
 def read_genotype(args):
@@ -77,30 +63,13 @@ def read_genotype(args):
 
 def main():
     args = parser.parse_args()
-    checkpoint = None
-    if args.resume:
-        checkpoint, save_dir = utils.load_checkpoint(args.resume)
-        keep = {name: getattr(args, name) for name in ('resume', 'device', 'gpu', 'workers', 'report_freq')}
-        args = argparse.Namespace(**{**checkpoint['args'], **keep})
-    genotype = read_genotype(args) if checkpoint is None else genotypes.parse_genotype(checkpoint['genotype'])
-    if args.gpu is not None and torch.cuda.is_available():
-        torch.cuda.set_device(args.gpu)
-    device, rank, world_size = utils.init_distributed(args.device)
+    genotype = None if args.resume else read_genotype(args)  # a bad genotype stops before a run folder exists
+    args, checkpoint, save_dir, log, device, rank, world_size = utils.start_run(args, 'eval')
     is_main = rank == 0
-    if not args.resume:
-        save_dir = utils.create_exp_dir('eval', args.save, args.dataset) if is_main else None
-    log = utils.get_logger(save_dir, is_main)
-    for line in utils.environment_lines(device):
-        log(line)
-    log(f'args = {vars(args)}' + (f' (resumed from {args.resume})' if args.resume else ''))
+    if checkpoint is not None:
+        genotype = genotypes.parse_genotype(checkpoint['genotype'])
     log(f'genotype = {genotypes.format_genotype(genotype)}')
-    if is_main:
-        utils.write_json(os.path.join(save_dir, 'args.json'), vars(args))
-    utils.set_seed(args.seed, args.deterministic)
-
-    root = args.data or data_loader.default_root(args.dataset)
-    train_set, test_set = data_loader.load_dataset(args.dataset, root, noise=args.noise, noise_file=args.noise_file,
-                                                   affectnet_classes=args.affectnet_classes, workers=args.workers, log=log)
+    train_set, test_set = data_loader.load_from_args(args, log)
     class_names = train_set.class_names
     loader_args = dict(device=device, image_size=args.image_size, seed=args.seed, rank=rank, world_size=world_size,
                        channels_last=args.channels_last)
@@ -192,7 +161,8 @@ def main():
 def train(model, train_loader, optimizer, scaler, num_classes, args, device, amp_dtype, log, prefix):
     model.train()
     loss_meter, matrix = utils.LossMeter(device), utils.ConfusionMatrix(num_classes, device)
-    progress = utils.Progress(log, prefix, len(train_loader), args.batch_size, args.report_freq)
+    progress = utils.Progress(log, prefix, len(train_loader), args.batch_size * train_loader.world_size,
+                              args.report_freq)
     for step, (x, y) in enumerate(train_loader):
         logits, loss = train_step(model, x, y, optimizer, scaler, args.grad_clip, args.auxiliary_weight, amp_dtype)
         loss_meter.update(loss, len(y))

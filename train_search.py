@@ -16,22 +16,14 @@ from architect import Architect
 from genotypes import format_genotype
 
 parser = argparse.ArgumentParser('train_search', description=__doc__)
-parser.add_argument('--dataset', choices=['synthetic', 'rafdb', 'affectnet'], default='synthetic',
-                    help='synthetic is generated into --data on first use')
-parser.add_argument('--data', default=None, help='dataset root (default: data/synthetic-rafdb, data/raf-basic or data/AffectNet)')
-parser.add_argument('--noise', type=int, choices=data_loader.NOISE_LEVELS, default=0,
-                    help='RAF-DB training-label noise in percent: reads EmoLabel/new_{N}_noise.txt')
-parser.add_argument('--noise_file', default=None, help='explicit noisy training-label file (any of the three known formats)')
-parser.add_argument('--affectnet_classes', type=int, choices=[7, 8], default=8, help='7 drops Contempt')
-parser.add_argument('--image_size', type=int, default=48, help='network input size (a multiple of 4)')
+data_loader.add_data_arguments(parser)
+utils.add_runtime_arguments(parser)
 parser.add_argument('--batch_size', type=int, default=64, help='batch size')
 parser.add_argument('--learning_rate', type=float, default=0.1, help='init learning rate')
 parser.add_argument('--learning_rate_min', type=float, default=0.0, help='min learning rate')
 parser.add_argument('--momentum', type=float, default=0.9, help='momentum')
 parser.add_argument('--weight_decay', type=float, default=3e-4, help='weight decay')
 parser.add_argument('--report_freq', type=int, default=50, help='report frequency (steps)')
-parser.add_argument('--gpu', type=int, default=None, help='CUDA device id for single-process runs (default: current)')
-parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='where to run')
 parser.add_argument('--epochs', type=int, default=50, help='num of training epochs')
 parser.add_argument('--warmup_epochs', type=int, default=15, help='epochs of weight training before architecture steps start')
 parser.add_argument('--init_channels', type=int, default=16, help='num of init channels')
@@ -41,7 +33,6 @@ parser.add_argument('--sampling', choices=['sequential', 'random'], default='seq
 parser.add_argument('--k', type=int, default=4, help='partial-channel ratio: 1/k of the channels go through the ops')
 parser.add_argument('--save', type=str, default='EXP', help='experiment name')
 parser.add_argument('--seed', type=int, default=2, help='random seed')
-parser.add_argument('--deterministic', action='store_true', help='repeatable CUDA runs (slower: no cuDNN autotuning)')
 parser.add_argument('--grad_clip', type=float, default=5, help='gradient clipping')
 parser.add_argument('--train_portion', type=float, default=0.5, help='share of the training set for weight steps')
 parser.add_argument('--protocol', choices=['split', 'released'], default='split',
@@ -50,11 +41,6 @@ parser.add_argument('--protocol', choices=['split', 'released'], default='split'
 parser.add_argument('--unrolled', action='store_true', default=False, help='use one-step unrolled validation loss')
 parser.add_argument('--arch_learning_rate', type=float, default=6e-4, help='learning rate for arch encoding')
 parser.add_argument('--arch_weight_decay', type=float, default=1e-3, help='weight decay for arch encoding')
-parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
-parser.add_argument('--compile', action='store_true', help='torch.compile the supernet (falls back to eager)')
-parser.add_argument('--channels_last', action='store_true', help='channels-last memory format (CUDA only)')
-parser.add_argument('--workers', type=int, default=2, help='processes decoding JPEGs on the first run (cached after)')
-parser.add_argument('--resume', default=None, help='checkpoint.pt or search run folder to continue')
 
 
 def cycle(loader, epoch):
@@ -65,29 +51,9 @@ def cycle(loader, epoch):
 
 
 def main():
-    args = parser.parse_args()
-    checkpoint = None
-    if args.resume:
-        checkpoint, save_dir = utils.load_checkpoint(args.resume)
-        keep = {name: getattr(args, name) for name in ('resume', 'device', 'gpu', 'workers', 'report_freq')}
-        args = argparse.Namespace(**{**checkpoint['args'], **keep})
-    if args.gpu is not None and torch.cuda.is_available():
-        torch.cuda.set_device(args.gpu)
-    device, rank, world_size = utils.init_distributed(args.device)
+    args, checkpoint, save_dir, log, device, rank, world_size = utils.start_run(parser.parse_args(), 'search')
     is_main = rank == 0
-    if not args.resume:
-        save_dir = utils.create_exp_dir('search', args.save, args.dataset) if is_main else None
-    log = utils.get_logger(save_dir, is_main)
-    for line in utils.environment_lines(device):
-        log(line)
-    log(f'args = {vars(args)}' + (f' (resumed from {args.resume})' if args.resume else ''))
-    if is_main:
-        utils.write_json(os.path.join(save_dir, 'args.json'), vars(args))
-    utils.set_seed(args.seed, args.deterministic)
-
-    root = args.data or data_loader.default_root(args.dataset)
-    train_set, test_set = data_loader.load_dataset(args.dataset, root, noise=args.noise, noise_file=args.noise_file,
-                                                   affectnet_classes=args.affectnet_classes, workers=args.workers, log=log)
+    train_set, test_set = data_loader.load_from_args(args, log)
     num_classes = len(train_set.class_names)
     channels_last = args.channels_last and device.type == 'cuda'
     loader_args = dict(device=device, image_size=args.image_size, seed=args.seed, rank=rank, world_size=world_size,
@@ -154,7 +120,8 @@ def main():
         train_metrics, valid_metrics = train_matrix.compute(), valid_matrix.compute()
         scheduler.step()
         genotype = format_genotype(model.genotype())
-        if valid_metrics['accuracy'] > best['acc']:
+        # Warm-up epochs leave the architecture at its random initialisation: their genotypes are not candidates.
+        if valid_metrics['accuracy'] > best['acc'] and (epoch >= args.warmup_epochs or args.warmup_epochs >= args.epochs):
             best = {'acc': valid_metrics['accuracy'], 'epoch': epoch, 'genotype': genotype}
         log(f'train_acc {train_metrics["accuracy"]:f}, train_f1 {train_metrics["f1"]:f}')
         log(f'valid_acc {valid_metrics["accuracy"]:f}, valid_f1 {valid_metrics["f1"]:f}, best_acc {best["acc"]:f}')
@@ -192,7 +159,8 @@ def train(model, architect, train_loader, arch_batches, optimizer, scaler, lr, w
     model.train()
     num_classes = utils.unwrap(model).classifier.out_features
     loss_meter, matrix = utils.LossMeter(device), utils.ConfusionMatrix(num_classes, device)
-    progress = utils.Progress(log, prefix, len(train_loader), args.batch_size, args.report_freq)
+    progress = utils.Progress(log, prefix, len(train_loader), args.batch_size * train_loader.world_size,
+                              args.report_freq)
     for step, (x, y) in enumerate(train_loader):
         arch_batch = next(arch_batches) if arch_batches is not None else None
         logits, loss = search_step(model, architect, x, y, arch_batch, optimizer, scaler, lr, weights,

@@ -27,6 +27,45 @@ def run_main(main):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# What both scripts do before their own work
+
+def add_runtime_arguments(parser):
+    """Device, precision and resume flags shared by train_search.py and train.py."""
+    parser.add_argument('--gpu', type=int, default=None, help='CUDA device id for single-process runs (default: current)')
+    parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='where to run')
+    parser.add_argument('--deterministic', action='store_true', help='repeatable CUDA runs (slower: no cuDNN autotuning)')
+    parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the network (falls back to eager)')
+    parser.add_argument('--channels_last', action='store_true', help='channels-last memory format')
+    parser.add_argument('--resume', default=None, help='checkpoint.pt or run folder to continue')
+
+
+def start_run(args, prefix):
+    """Resume or create the run folder, pick the device, open the log, record what produced the run, seed.
+
+    On --resume every flag comes from the checkpoint except where to run and how to report.
+    Returns (args, checkpoint or None, run folder, log function, device, rank, world size)."""
+    checkpoint = save_dir = None
+    if args.resume:
+        checkpoint, save_dir = load_checkpoint(args.resume)
+        keep = {name: getattr(args, name) for name in ('resume', 'device', 'gpu', 'workers', 'report_freq')}
+        args = type(args)(**{**checkpoint['args'], **keep})
+    if args.gpu is not None and torch.cuda.is_available():
+        torch.cuda.set_device(args.gpu)
+    device, rank, world_size = init_distributed(args.device)
+    if checkpoint is None and rank == 0:
+        save_dir = create_exp_dir(prefix, args.save, args.dataset)
+    log = get_logger(save_dir, rank == 0)
+    for line in environment_lines(device):
+        log(line)
+    log(f'args = {vars(args)}' + (f' (resumed from {args.resume})' if args.resume else ''))
+    if rank == 0:
+        write_json(os.path.join(save_dir, 'args.json'), vars(args))
+    set_seed(args.seed, args.deterministic)
+    return args, checkpoint, save_dir, log, device, rank, world_size
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Devices, distributed processes, seeds
 
 def init_distributed(device_name):
@@ -51,7 +90,9 @@ def all_reduce_(tensors, average=True):
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
     tensors = [t for t in tensors if t is not None]
-    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    # float64 keeps counts exact (up to 2^53) and sums of float64 meters unrounded; gradients travel as float32.
+    exact = any(not t.is_floating_point() or t.dtype == torch.float64 for t in tensors)
+    flat = torch.cat([t.reshape(-1).to(torch.float64 if exact else torch.float32) for t in tensors])
     dist.all_reduce(flat)
     if average:
         flat /= dist.get_world_size()

@@ -1,0 +1,155 @@
+"""Speed and size of the search step, the discrete network and the data pipeline on the current device (issue: speed)."""
+import argparse
+import contextlib
+import json
+import platform
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+
+import data_loader
+import genotypes
+import model_search_ran_softmax_sigmoid
+import model_search_softmax_sigmoid
+import utils
+from architect import Architect
+from model import Network
+from train import train_step
+from train_search import search_step
+
+parser = argparse.ArgumentParser('benchmark', description=__doc__)
+parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='where to measure')
+parser.add_argument('--batch_size', type=int, default=64, help='batch size of the training steps')
+parser.add_argument('--init_channels', type=int, default=16, help='supernet init channels')
+parser.add_argument('--layers', type=int, default=8, help='layers of both networks')
+parser.add_argument('--eval_channels', type=int, default=36, help='discrete network (GLA_FERNet) init channels')
+parser.add_argument('--image_size', type=int, default=48, help='input size')
+parser.add_argument('--sampling', choices=['sequential', 'random'], default='sequential', help='supernet variant')
+parser.add_argument('--k', type=int, default=4, help='partial-channel ratio')
+parser.add_argument('--steps', type=int, default=10, help='timed steps per repeat')
+parser.add_argument('--repeats', type=int, default=5, help='repeats; the median and the spread are reported')
+parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
+parser.add_argument('--compile', action='store_true', help='torch.compile both networks')
+parser.add_argument('--channels_last', action='store_true', help='channels-last memory format')
+parser.add_argument('--skip_unrolled', action='store_true', help='do not time the second-order search step')
+parser.add_argument('--json', default=None, help='also write the figures to this JSON file')
+
+
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def measure(fn, device, steps, repeats, warmup=3):
+    """Seconds per call of fn: median, min and max over repeats of `steps` calls, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times), min(times), max(times)
+
+
+def peak_memory_mb(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # Linux reports KiB
+
+
+def main():
+    args = parser.parse_args()
+    device, _, _ = utils.init_distributed(args.device)
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = device.type == 'cuda'
+    amp_dtype, use_scaler = utils.autocast_settings(device, args.amp)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    batch = args.batch_size
+    x = torch.randn(batch, 3, args.image_size, args.image_size, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(0, 7, (batch,), device=device)
+    results, rows = {}, []
+
+    def record(key, seconds, images, unit='img/s'):
+        median, low, high = seconds
+        if unit == 'img/s':
+            results[key] = images / median
+            rows.append((key, f'{images / median:10.1f} img/s', f'{1e3 * median:9.2f} ms',
+                         f'[{images / high:.1f}, {images / low:.1f}]'))
+        else:
+            results[key] = 1e3 * median
+            rows.append((key, f'{1e3 * median:10.2f} ms', '', f'[{1e3 * low:.2f}, {1e3 * high:.2f}]'))
+
+    # Search step: one architecture step on a held-out batch, then one weight step (train_search.search_step).
+    supernet_module = {'sequential': model_search_softmax_sigmoid, 'random': model_search_ran_softmax_sigmoid}[args.sampling]
+    supernet = supernet_module.Network(args.init_channels, 7, args.layers, k=args.k, image_size=args.image_size).to(device)
+    supernet = supernet.to(memory_format=memory_format)
+    results['supernet_params'] = utils.count_parameters(supernet, supernet.arch_parameters())
+    weights = supernet.weight_parameters()
+    optimizer = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    forward_supernet = utils.maybe_compile(supernet, x, print) if args.compile else supernet
+    architect = Architect(forward_supernet, 0.9, 3e-4, 6e-4, 1e-3)
+    for unrolled in ([False] if args.skip_unrolled else [False, True]):
+        def step():
+            search_step(forward_supernet, architect, x, y, (x, y), optimizer, scaler, 0.1, weights, 5.0, unrolled, amp_dtype)
+        record('search_step_unrolled_img_s' if unrolled else 'search_step_img_s',
+               measure(step, device, args.steps if not unrolled else max(args.steps // 2, 1), args.repeats), batch)
+    del supernet, forward_supernet, architect, optimizer
+
+    # Discrete network with the released genotype: training step, evaluation, batch-1 latency.
+    net = Network(args.eval_channels, 7, args.layers, False, genotypes.GLA_FERNet, image_size=args.image_size).to(device)
+    results['eval_params'] = utils.count_parameters(net)
+    results['eval_flops'] = utils.count_flops(net, args.image_size, device)
+    net = net.to(memory_format=memory_format)
+    net.drop_path_prob = 0.2
+    forward_net = utils.maybe_compile(net, x, print) if args.compile else net
+    optimizer = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
+    forward_net.train()
+    record('train_step_img_s', measure(lambda: train_step(forward_net, x, y, optimizer, scaler, 5.0, 0.4, amp_dtype),
+                                       device, args.steps, args.repeats), batch)
+    forward_net.eval()
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    eval_batch = torch.randn(4 * batch, 3, args.image_size, args.image_size, device=device).contiguous(
+        memory_format=memory_format)
+    with torch.no_grad(), autocast:
+        record('eval_img_s', measure(lambda: forward_net(eval_batch), device, args.steps, args.repeats), 4 * batch)
+        single = x[:1].contiguous(memory_format=memory_format)
+        record('latency_bs1_ms', measure(lambda: net(single), device, args.steps * 2, args.repeats), 1, unit='ms')
+    results['peak_mem_mb'] = peak_memory_mb(device)
+
+    # The real pipeline: a generated synthetic RAF-DB folder, decoded, augmented on the device.
+    with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(None):
+        from synthetic import make_synthetic
+        make_synthetic(f'{root}/synthetic', n_train=1500, n_test=21, seed=0, log=lambda *a: None)
+        train_set, _ = data_loader.load_dataset('rafdb', f'{root}/synthetic', cache_dir=root, log=lambda *a: None)
+        loader = data_loader.DeviceLoader(train_set.images, train_set.labels, batch, device, args.image_size,
+                                          augment=True, shuffle=True, drop_last=True)
+        data_loader.measure_throughput(loader)  # warm-up
+        results['data_img_s'] = statistics.median(data_loader.measure_throughput(loader) for _ in range(3))
+    rows.append(('data_img_s', f'{results["data_img_s"]:10.1f} img/s', '', ''))
+
+    config = {key: getattr(args, key) for key in ('batch_size', 'init_channels', 'layers', 'eval_channels', 'image_size',
+                                                  'sampling', 'k', 'amp', 'compile', 'channels_last', 'steps', 'repeats')}
+    results.update(config=config, torch=torch.__version__, cuda=torch.version.cuda,
+                   device=torch.cuda.get_device_name(device) if device.type == 'cuda'
+                   else f'{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)')
+    print(f'device: {results["device"]}, torch {results["torch"]}, CUDA {results["cuda"]}')
+    print('config: ' + ', '.join(f'{k}={v}' for k, v in config.items()))
+    print(f'{"measure":28s} {"median":>16s} {"per step":>12s}  spread [min, max]')
+    for row in rows:
+        print(f'{row[0]:28s} {row[1]:>16s} {row[2]:>12s}  {row[3]}')
+    print(f'peak memory {results["peak_mem_mb"]:.0f} MB; supernet {results["supernet_params"]:,} parameters; '
+          f'GLA_FERNet {results["eval_params"]:,} parameters, {results["eval_flops"] / 1e6:.1f} MFLOPs')
+    if args.json:
+        utils.write_json(args.json, results)
+
+
+if __name__ == '__main__':
+    utils.run_main(main)

@@ -33,7 +33,9 @@ parser.add_argument('--steps', type=int, default=10, help='timed steps per repea
 parser.add_argument('--repeats', type=int, default=5, help='repeats; the median and the spread are reported')
 parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
 parser.add_argument('--compile', action='store_true', help='torch.compile both networks')
-parser.add_argument('--channels_last', action='store_true', help='channels-last memory format')
+parser.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
+                    help='channels-last discrete network (train.py default)')
+parser.add_argument('--search_channels_last', action='store_true', help='channels-last supernet (train_search.py: off)')
 parser.add_argument('--skip_unrolled', action='store_true', help='do not time the second-order search step')
 parser.add_argument('--json', default=None, help='also write the figures to this JSON file')
 
@@ -70,9 +72,10 @@ def main():
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = device.type == 'cuda'
     amp_dtype, use_scaler = utils.autocast_settings(device, args.amp)
+    search_format = torch.channels_last if args.search_channels_last else torch.contiguous_format
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     batch = args.batch_size
-    x = torch.randn(batch, 3, args.image_size, args.image_size, device=device).contiguous(memory_format=memory_format)
+    x = torch.randn(batch, 3, args.image_size, args.image_size, device=device).contiguous(memory_format=search_format)
     y = torch.randint(0, 7, (batch,), device=device)
     results, rows = {}, []
 
@@ -89,7 +92,7 @@ def main():
     # Search step: one architecture step on a held-out batch, then one weight step (train_search.search_step).
     supernet_module = {'sequential': model_search_softmax_sigmoid, 'random': model_search_ran_softmax_sigmoid}[args.sampling]
     supernet = supernet_module.Network(args.init_channels, 7, args.layers, k=args.k, image_size=args.image_size).to(device)
-    supernet = supernet.to(memory_format=memory_format)
+    supernet = supernet.to(memory_format=search_format)
     results['supernet_params'] = utils.count_parameters(supernet, supernet.arch_parameters())
     weights = supernet.weight_parameters()
     optimizer = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
@@ -109,6 +112,7 @@ def main():
     results['eval_flops'] = utils.count_flops(net, args.image_size, device)
     net = net.to(memory_format=memory_format)
     net.drop_path_prob = 0.2
+    x = x.contiguous(memory_format=memory_format)
     forward_net = utils.maybe_compile(net, x, print) if args.compile else net
     optimizer = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
     forward_net.train()
@@ -136,7 +140,8 @@ def main():
     rows.append(('data_img_s', f'{results["data_img_s"]:10.1f} img/s', '', ''))
 
     config = {key: getattr(args, key) for key in ('batch_size', 'init_channels', 'layers', 'eval_channels', 'image_size',
-                                                  'sampling', 'k', 'amp', 'compile', 'channels_last', 'steps', 'repeats')}
+                                                  'sampling', 'k', 'amp', 'compile', 'channels_last', 'search_channels_last',
+                                                  'steps', 'repeats')}
     results.update(config=config, torch=torch.__version__, cuda=torch.version.cuda,
                    device=torch.cuda.get_device_name(device) if device.type == 'cuda'
                    else f'{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)')

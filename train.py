@@ -15,7 +15,7 @@ from model import Network
 
 parser = argparse.ArgumentParser('train', description=__doc__)
 data_loader.add_data_arguments(parser)
-utils.add_runtime_arguments(parser)
+utils.add_runtime_arguments(parser, channels_last=True)
 parser.add_argument('--batch_size', type=int, default=64, help='batch size')
 parser.add_argument('--learning_rate', type=float, default=0.1, help='init learning rate')
 parser.add_argument('--learning_rate_min', type=float, default=0.0, help='min learning rate of the cosine schedule')

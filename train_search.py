@@ -17,7 +17,7 @@ from genotypes import format_genotype
 
 parser = argparse.ArgumentParser('train_search', description=__doc__)
 data_loader.add_data_arguments(parser)
-utils.add_runtime_arguments(parser)
+utils.add_runtime_arguments(parser, channels_last=False)
 parser.add_argument('--batch_size', type=int, default=64, help='batch size')
 parser.add_argument('--learning_rate', type=float, default=0.1, help='init learning rate')
 parser.add_argument('--learning_rate_min', type=float, default=0.0, help='min learning rate')
@@ -55,7 +55,7 @@ def main():
     is_main = rank == 0
     train_set, test_set = data_loader.load_from_args(args, log)
     num_classes = len(train_set.class_names)
-    channels_last = args.channels_last and device.type == 'cuda'
+    channels_last = args.channels_last
     loader_args = dict(device=device, image_size=args.image_size, seed=args.seed, rank=rank, world_size=world_size,
                        channels_last=channels_last)
     if args.protocol == 'released':

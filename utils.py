@@ -1,4 +1,5 @@
 """Shared helpers: errors, devices, seeding, metrics, checkpoints, experiment folders, logging, model statistics."""
+import argparse
 import json
 import logging
 import os
@@ -29,14 +30,18 @@ def run_main(main):
 # ----------------------------------------------------------------------------------------------------------
 # What both scripts do before their own work
 
-def add_runtime_arguments(parser):
-    """Device, precision and resume flags shared by train_search.py and train.py."""
+def add_runtime_arguments(parser, channels_last):
+    """Device, precision and resume flags shared by train_search.py and train.py.
+
+    channels_last: the script's default memory format. The discrete network is faster channels-last on CPU and
+    GPU; the supernet's channel slicing and shuffling make it slower there, so search defaults to NCHW."""
     parser.add_argument('--gpu', type=int, default=None, help='CUDA device id for single-process runs (default: current)')
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='where to run')
     parser.add_argument('--deterministic', action='store_true', help='repeatable CUDA runs (slower: no cuDNN autotuning)')
     parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
     parser.add_argument('--compile', action='store_true', help='torch.compile the network (falls back to eager)')
-    parser.add_argument('--channels_last', action='store_true', help='channels-last memory format')
+    parser.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=channels_last,
+                        help='channels-last memory format')
     parser.add_argument('--resume', default=None, help='checkpoint.pt or run folder to continue')
 
 

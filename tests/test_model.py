@@ -329,3 +329,14 @@ def test_channels_last_supernet_backward_on_cpu():
     x = torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     F.cross_entropy(net(x), torch.tensor([0, 1, 2, 3])).backward()
     assert all(torch.isfinite(p.grad).all() for p in net.weight_parameters())
+
+
+@pytest.mark.parametrize('name', sorted(genotypes.named_genotypes()))
+def test_every_named_genotype_trains_channels_last(name):
+    torch.manual_seed(0)
+    net = model.Network(4, 7, 3, True, genotypes.named_genotypes()[name], image_size=16)
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    logits, logits_aux = net(x)
+    (F.cross_entropy(logits, torch.tensor([0, 1])) + F.cross_entropy(logits_aux, torch.tensor([0, 1]))).backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())

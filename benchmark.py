@@ -1,7 +1,6 @@
 """Speed and size of the search step, the discrete network and the data pipeline on the current device (issue: speed)."""
 import argparse
 import contextlib
-import json
 import platform
 import resource
 import statistics
@@ -104,7 +103,6 @@ def main():
             search_step(forward_supernet, architect, x, y, (x, y), optimizer, scaler, 0.1, weights, 5.0, unrolled, amp_dtype)
         record('search_step_unrolled_img_s' if unrolled else 'search_step_img_s',
                measure(step, device, args.steps if not unrolled else max(args.steps // 2, 1), args.repeats), batch)
-    del supernet, forward_supernet, architect, optimizer
 
     # Discrete network with the released genotype: training step, evaluation, batch-1 latency.
     net = Network(args.eval_channels, 7, args.layers, False, genotypes.GLA_FERNet, image_size=args.image_size).to(device)

@@ -2,7 +2,6 @@
 import argparse
 import contextlib
 import os
-import time
 
 import torch
 import torch.nn.functional as F
@@ -55,9 +54,8 @@ def main():
     is_main = rank == 0
     train_set, test_set = data_loader.load_from_args(args, log)
     num_classes = len(train_set.class_names)
-    channels_last = args.channels_last
     loader_args = dict(device=device, image_size=args.image_size, seed=args.seed, rank=rank, world_size=world_size,
-                       channels_last=channels_last)
+                       channels_last=args.channels_last)
     if args.protocol == 'released':
         log('WARNING: --protocol released takes architecture steps on the TEST set, as the released code did; '
             'test accuracies of the searched network are then biased. Use --protocol split for unbiased numbers.')
@@ -77,7 +75,7 @@ def main():
 
     supernet = {'sequential': model_search_softmax_sigmoid, 'random': model_search_ran_softmax_sigmoid}[args.sampling]
     model = supernet.Network(args.init_channels, num_classes, args.layers, k=args.k, image_size=args.image_size).to(device)
-    if channels_last:
+    if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     log(f'supernet ({args.sampling} sampling, k={args.k}): '
         f'{utils.count_parameters(model, model.arch_parameters()) / 1e6:.6f}M weight parameters')

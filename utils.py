@@ -8,7 +8,6 @@ import random
 import subprocess
 import sys
 import time
-import warnings
 
 import torch
 import torch.distributed as dist

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 import data_loader
 import utils
-from test_workflow import ROOT, TINY_SEARCH, TINY_TRAIN, dataset, only_dir  # noqa: F401 (fixture)
+from test_workflow import ROOT, TINY_SEARCH, TINY_TRAIN, only_dir
 
 
 def torchrun(script, args, cwd):

@@ -11,7 +11,7 @@ import model_search_ran_softmax_sigmoid as random_search
 import model_search_softmax_sigmoid as sequential_search
 import architect
 from architect import Architect
-from genotypes import PRIMITIVES, Genotype, parse_genotype
+from genotypes import PRIMITIVES, parse_genotype
 from released_reference import released_mixed_op, released_network
 from utils import UserError, count_parameters
 

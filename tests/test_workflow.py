@@ -19,14 +19,6 @@ TINY_TRAIN = ['--epochs', '2', '--init_channels', '8', '--layers', '3', '--batch
               '--report_freq', '2', '--workers', '0', '--device', 'cpu', '--auxiliary', '--drop_path_prob', '0.2']
 
 
-@pytest.fixture(scope='module')
-def dataset(tmp_path_factory):
-    from synthetic import make_synthetic
-    root = tmp_path_factory.mktemp('data') / 'synthetic'
-    make_synthetic(str(root), n_train=64, n_test=28, seed=3, log=lambda *a: None)
-    return str(root)
-
-
 def run(script, args, cwd, check=True):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': ROOT}
     result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, env=env,

@@ -8,6 +8,7 @@ from operations import OPS, FactorizedReduce, ReLUConvBN, check_image_size
 from utils import UserError
 
 NONE_INDEX = PRIMITIVES.index('none')
+assert NONE_INDEX == 0, 'MixedOp skips the zero op by slicing the weights from index 1'
 
 
 def channel_shuffle(x, groups):
@@ -44,8 +45,8 @@ class MixedOp(nn.Module):
     def forward(self, x, weights):
         processed = x[:, :x.shape[1] // self.k]
         # `none` outputs zeros, so its term is skipped; its weight gets the same (zero) gradient either way.
-        outputs = [op(processed) for index, op in enumerate(self._ops) if index != NONE_INDEX]
-        mixed = weighted_sum(torch.cat([weights[:NONE_INDEX], weights[NONE_INDEX + 1:]]), outputs)
+        outputs = [op(processed) for op in self._ops[1:]]
+        mixed = weighted_sum(weights[1:], outputs)
         if self.k == 1:
             return mixed
         bypassed = x[:, x.shape[1] // self.k:]

@@ -15,13 +15,8 @@ from model import Network
 
 parser = argparse.ArgumentParser('train', description=__doc__)
 data_loader.add_data_arguments(parser)
+utils.add_optimizer_arguments(parser)
 utils.add_runtime_arguments(parser, channels_last=True)
-parser.add_argument('--batch_size', type=int, default=64, help='batch size')
-parser.add_argument('--learning_rate', type=float, default=0.1, help='init learning rate')
-parser.add_argument('--learning_rate_min', type=float, default=0.0, help='min learning rate of the cosine schedule')
-parser.add_argument('--momentum', type=float, default=0.9, help='momentum')
-parser.add_argument('--weight_decay', type=float, default=3e-4, help='weight decay')
-parser.add_argument('--report_freq', type=int, default=50, help='report frequency (steps)')
 parser.add_argument('--epochs', type=int, default=600, help='num of training epochs')
 parser.add_argument('--init_channels', type=int, default=36, help='num of init channels')
 parser.add_argument('--layers', type=int, default=8, help='total number of layers')
@@ -33,7 +28,6 @@ parser.add_argument('--seed', type=int, default=0, help='random seed')
 parser.add_argument('--arch', type=str, default=None, help='name of a genotype in genotypes.py (default: PCDARTS = GLA_FERNet)')
 parser.add_argument('--genotype', default=None, help='genotype text, "Genotype(normal=[...], ...)" as search logs print it')
 parser.add_argument('--genotype_file', default=None, help="genotype.txt written by train_search.py, its run folder, or a pattern such as 'search-EXP-*' (newest match)")
-parser.add_argument('--grad_clip', type=float, default=5, help='gradient clipping')
 
 
 def read_genotype(args):

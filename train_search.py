@@ -16,13 +16,8 @@ from genotypes import format_genotype
 
 parser = argparse.ArgumentParser('train_search', description=__doc__)
 data_loader.add_data_arguments(parser)
+utils.add_optimizer_arguments(parser)
 utils.add_runtime_arguments(parser, channels_last=False)
-parser.add_argument('--batch_size', type=int, default=64, help='batch size')
-parser.add_argument('--learning_rate', type=float, default=0.1, help='init learning rate')
-parser.add_argument('--learning_rate_min', type=float, default=0.0, help='min learning rate')
-parser.add_argument('--momentum', type=float, default=0.9, help='momentum')
-parser.add_argument('--weight_decay', type=float, default=3e-4, help='weight decay')
-parser.add_argument('--report_freq', type=int, default=50, help='report frequency (steps)')
 parser.add_argument('--epochs', type=int, default=50, help='num of training epochs')
 parser.add_argument('--warmup_epochs', type=int, default=15, help='epochs of weight training before architecture steps start')
 parser.add_argument('--init_channels', type=int, default=16, help='num of init channels')
@@ -32,7 +27,6 @@ parser.add_argument('--sampling', choices=['sequential', 'random'], default='seq
 parser.add_argument('--k', type=int, default=4, help='partial-channel ratio: 1/k of the channels go through the ops')
 parser.add_argument('--save', type=str, default='EXP', help='experiment name')
 parser.add_argument('--seed', type=int, default=2, help='random seed')
-parser.add_argument('--grad_clip', type=float, default=5, help='gradient clipping')
 parser.add_argument('--train_portion', type=float, default=0.5, help='share of the training set for weight steps')
 parser.add_argument('--protocol', choices=['split', 'released'], default='split',
                     help='split: architecture steps on a held-out part of the training set; '

@@ -29,6 +29,17 @@ def run_main(main):
 # ----------------------------------------------------------------------------------------------------------
 # What both scripts do before their own work
 
+def add_optimizer_arguments(parser):
+    """The SGD flags that train_search.py and train.py share, with the paper's (and released code's) defaults."""
+    parser.add_argument('--batch_size', type=int, default=64, help='batch size (per process under torchrun)')
+    parser.add_argument('--learning_rate', type=float, default=0.1, help='init learning rate')
+    parser.add_argument('--learning_rate_min', type=float, default=0.0, help='min learning rate of the cosine schedule')
+    parser.add_argument('--momentum', type=float, default=0.9, help='momentum')
+    parser.add_argument('--weight_decay', type=float, default=3e-4, help='weight decay')
+    parser.add_argument('--grad_clip', type=float, default=5, help='gradient clipping')
+    parser.add_argument('--report_freq', type=int, default=50, help='report frequency (steps)')
+
+
 def add_runtime_arguments(parser, channels_last):
     """Device, precision and resume flags shared by train_search.py and train.py.
 
@@ -159,8 +170,9 @@ class ConfusionMatrix:
 
     def update(self, logits, targets):
         predictions = logits.argmax(dim=1)
-        self.matrix += torch.bincount(targets * self.num_classes + predictions,
-                                      minlength=self.num_classes ** 2).view(self.num_classes, self.num_classes)
+        # scatter_add_ rather than bincount: bincount on CUDA reads the maximum back to the host every step.
+        cells = targets * self.num_classes + predictions
+        self.matrix.view(-1).scatter_add_(0, cells, torch.ones_like(cells))
 
     def all_reduce(self):
         all_reduce_([self.matrix], average=False)

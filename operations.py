@@ -5,21 +5,25 @@ import torch.nn.functional as F
 
 from utils import UserError
 
-# Every constructor takes (C, stride, affine); the supernet builds them with affine=False.
+# Every constructor takes (C, stride, affine, groups=1). With groups > 1 it builds `groups` independent copies of
+# the op side by side on the channel axis (C channels in all, C // groups per copy; 1x1 convolutions become grouped
+# convolutions): the supernet runs all edges that start from the same state as one such op.
 OPS = {
-    'none': lambda C, stride, affine: Zero(stride),
-    'avg_pool_3x3': lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
-    'max_pool_3x3': lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
-    'skip_connect': lambda C, stride, affine: Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine),
-    'sep_conv_3x3': lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
-    'sep_conv_5x5': lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
-    'sep_conv_7x7': lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine=affine),
-    'dil_conv_3x3': lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
-    'dil_conv_5x5': lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
-    'conv_7x1_1x7': lambda C, stride, affine: nn.Sequential(
+    'none': lambda C, stride, affine, groups=1: Zero(stride),
+    'avg_pool_3x3': lambda C, stride, affine, groups=1: nn.AvgPool2d(3, stride=stride, padding=1,
+                                                                     count_include_pad=False),
+    'max_pool_3x3': lambda C, stride, affine, groups=1: nn.MaxPool2d(3, stride=stride, padding=1),
+    'skip_connect': lambda C, stride, affine, groups=1: (Identity() if stride == 1
+                                                         else FactorizedReduce(C, C, affine, groups)),
+    'sep_conv_3x3': lambda C, stride, affine, groups=1: SepConv(C, C, 3, stride, 1, affine, groups),
+    'sep_conv_5x5': lambda C, stride, affine, groups=1: SepConv(C, C, 5, stride, 2, affine, groups),
+    'sep_conv_7x7': lambda C, stride, affine, groups=1: SepConv(C, C, 7, stride, 3, affine, groups),
+    'dil_conv_3x3': lambda C, stride, affine, groups=1: DilConv(C, C, 3, stride, 2, 2, affine, groups),
+    'dil_conv_5x5': lambda C, stride, affine, groups=1: DilConv(C, C, 5, stride, 4, 2, affine, groups),
+    'conv_7x1_1x7': lambda C, stride, affine, groups=1: nn.Sequential(
         nn.ReLU(inplace=False),
-        nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
-        nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
+        nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), groups=groups, bias=False),
+        nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), groups=groups, bias=False),
         nn.BatchNorm2d(C, affine=affine)),
 }
 
@@ -37,13 +41,13 @@ class ReLUConvBN(nn.Module):
 
 
 class DilConv(nn.Module):
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True, groups=1):
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
                       groups=C_in, bias=False),
-            nn.Conv2d(C_in, C_out, 1, bias=False),
+            nn.Conv2d(C_in, C_out, 1, groups=groups, bias=False),
             nn.BatchNorm2d(C_out, affine=affine))
 
     def forward(self, x):
@@ -53,16 +57,16 @@ class DilConv(nn.Module):
 class SepConv(nn.Module):
     """Two stacked depthwise-separable convolutions (the first one carries the stride)."""
 
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True, groups=1):
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, groups=C_in, bias=False),
-            nn.Conv2d(C_in, C_in, 1, bias=False),
+            nn.Conv2d(C_in, C_in, 1, groups=groups, bias=False),
             nn.BatchNorm2d(C_in, affine=affine),
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_in, kernel_size, stride=1, padding=padding, groups=C_in, bias=False),
-            nn.Conv2d(C_in, C_out, 1, bias=False),
+            nn.Conv2d(C_in, C_out, 1, groups=groups, bias=False),
             nn.BatchNorm2d(C_out, affine=affine))
 
     def forward(self, x):
@@ -90,12 +94,12 @@ class Zero(nn.Module):
 class FactorizedReduce(nn.Module):
     """Halves the resolution with two offset 1x1 stride-2 convolutions, so no pixel is skipped."""
 
-    def __init__(self, C_in, C_out, affine=True):
+    def __init__(self, C_in, C_out, affine=True, groups=1):
         super().__init__()
-        assert C_out % 2 == 0
+        assert C_out % (2 * groups) == 0
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, groups=groups, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
@@ -103,8 +107,14 @@ class FactorizedReduce(nn.Module):
         # A 1x1 stride-2 convolution of x (and of x shifted by one pixel) is a 1x1 convolution of its even (odd)
         # pixels. Slicing first gives the same numbers and avoids a crash of the channels-last CPU backward of
         # strided 1x1 convolutions with few channels (PyTorch 2.14, oneDNN).
-        return self.bn(torch.cat([F.conv2d(x[:, :, ::2, ::2], self.conv_1.weight),
-                                  F.conv2d(x[:, :, 1::2, 1::2], self.conv_2.weight)], dim=1))
+        groups = self.conv_1.groups
+        even = F.conv2d(x[:, :, ::2, ::2], self.conv_1.weight, groups=groups)
+        odd = F.conv2d(x[:, :, 1::2, 1::2], self.conv_2.weight, groups=groups)
+        if groups == 1:  # cat keeps the memory format (channels-last) of its inputs
+            return self.bn(torch.cat([even, odd], dim=1))
+        # each copy's output is its own even half followed by its odd half
+        return self.bn(torch.stack([even.unflatten(1, (groups, -1)), odd.unflatten(1, (groups, -1))], dim=2)
+                       .flatten(1, 3))
 
 
 def check_image_size(image_size):

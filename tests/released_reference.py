@@ -1,8 +1,13 @@
-"""The released code's forward computations, written out literally, as an oracle for equivalence tests.
+"""The released code's supernet written out literally, one module per edge, as an oracle for equivalence tests.
 
-They run on the modules of our supernet (same parameters), so any difference comes from the computation."""
+`released_twin(net)` builds it with the configuration of one of our supernets and loads that supernet's state
+dict (DARTS names, one entry per edge), so any difference in the outputs comes from the computation."""
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+from genotypes import PRIMITIVES
+from operations import OPS, FactorizedReduce, ReLUConvBN
 
 
 def released_channel_shuffle(x, groups):
@@ -12,48 +17,109 @@ def released_channel_shuffle(x, groups):
     return x.view(batchsize, -1, height, width)
 
 
-def released_mixed_op(mixed_op, x, weights, permutation=None):
-    dim_2 = x.shape[1]
-    xtemp = x[:, :dim_2 // mixed_op.k, :, :]
-    xtemp2 = x[:, dim_2 // mixed_op.k:, :, :]
-    temp1 = sum(w * op(xtemp) for w, op in zip(weights, mixed_op._ops))
-    if temp1.shape[2] == x.shape[2]:
-        ans = torch.cat([temp1, xtemp2], dim=1)
-    else:
-        ans = torch.cat([temp1, mixed_op.mp(xtemp2)], dim=1)
-    if permutation is not None:
-        ans = ans[:, permutation]
-    return released_channel_shuffle(ans, mixed_op.k)
+class ReleasedMixedOp(nn.Module):
+    def __init__(self, C, stride, k):
+        super().__init__()
+        self.k = k
+        self.mp = nn.MaxPool2d(2, 2)
+        self._ops = nn.ModuleList()
+        for primitive in PRIMITIVES:
+            op = OPS[primitive](C // k, stride, False)
+            if 'pool' in primitive:
+                op = nn.Sequential(op, nn.BatchNorm2d(C // k, affine=False))
+            self._ops.append(op)
+
+    def forward(self, x, weights, permutation=None):
+        dim_2 = x.shape[1]
+        xtemp = x[:, :dim_2 // self.k, :, :]
+        xtemp2 = x[:, dim_2 // self.k:, :, :]
+        temp1 = sum(w * op(xtemp) for w, op in zip(weights, self._ops))
+        if temp1.shape[2] == x.shape[2]:
+            ans = torch.cat([temp1, xtemp2], dim=1)
+        else:
+            ans = torch.cat([temp1, self.mp(xtemp2)], dim=1)
+        if permutation is not None:  # the random-sampling variant: ans[:, torch.randperm(dim_2)]
+            ans = ans[:, permutation]
+        return released_channel_shuffle(ans, self.k)
 
 
-def released_cell(cell, s0, s1, weights, weights2):
-    s0 = cell.preprocess0(s0)
-    s1 = cell.preprocess1(s1)
-    states = [s0, s1]
-    offset = 0
-    for _ in range(cell._steps):
-        s = sum(weights2[offset + j] * released_mixed_op(cell._ops[offset + j], h, weights[offset + j])
-                for j, h in enumerate(states))
-        offset += len(states)
-        states.append(s)
-    return torch.cat(states[-cell._multiplier:], dim=1)
+class ReleasedCell(nn.Module):
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, k):
+        super().__init__()
+        self.reduction = reduction
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self._steps = steps
+        self._multiplier = multiplier
+        self._ops = nn.ModuleList()
+        for i in range(steps):
+            for j in range(2 + i):
+                self._ops.append(ReleasedMixedOp(C, 2 if reduction and j < 2 else 1, k))
+
+    def forward(self, s0, s1, weights, weights2, permutations):
+        s0 = self.preprocess0(s0)
+        s1 = self.preprocess1(s1)
+        states = [s0, s1]
+        offset = 0
+        for _ in range(self._steps):
+            s = sum(weights2[offset + j] * self._ops[offset + j](h, weights[offset + j], permutations.get(offset + j))
+                    for j, h in enumerate(states))
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self._multiplier:], dim=1)
 
 
-def released_network(net, x):
-    def edge_weights(betas):
+class ReleasedNetwork(nn.Module):
+    def __init__(self, C, num_classes, layers, k, steps=4, multiplier=4, stem_multiplier=3):
+        super().__init__()
+        self._steps = steps
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            if i in [layers // 3, 2 * layers // 3]:
+                C_curr *= 2
+                reduction = True
+            else:
+                reduction = False
+            cell = ReleasedCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, k)
+            reduction_prev = reduction
+            self.cells += [cell]
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def edge_weights(self, betas):
         n, start, parts = 3, 2, [F.softmax(betas[0:2], dim=-1)]
-        for _ in range(net._steps - 1):
+        for _ in range(self._steps - 1):
             end = start + n
             parts.append(F.softmax(betas[start:end], dim=-1))
             start, n = end, n + 1
         return torch.cat(parts, dim=0)
 
-    s0 = s1 = net.stem(x)
-    for cell in net.cells:
-        if cell.reduction:
-            weights, weights2 = torch.sigmoid(net.alphas_reduce), edge_weights(net.betas_reduce)
-        else:
-            weights, weights2 = torch.sigmoid(net.alphas_normal), edge_weights(net.betas_normal)
-        s0, s1 = s1, released_cell(cell, s0, s1, weights, weights2)
-    out = net.global_pooling(s1)
-    return net.classifier(out.view(out.size(0), -1))
+    def forward(self, x, alphas_normal, alphas_reduce, betas_normal, betas_reduce, permutations=None):
+        """permutations: optional {(cell, edge): channel permutation} for the random-sampling variant."""
+        s0 = s1 = self.stem(x)
+        for i, cell in enumerate(self.cells):
+            if cell.reduction:
+                weights, weights2 = torch.sigmoid(alphas_reduce), self.edge_weights(betas_reduce)
+            else:
+                weights, weights2 = torch.sigmoid(alphas_normal), self.edge_weights(betas_normal)
+            cell_permutations = {edge: p for (c, edge), p in (permutations or {}).items() if c == i}
+            s0, s1 = s1, cell(s0, s1, weights, weights2, cell_permutations)
+        out = self.global_pooling(s1)
+        return self.classifier(out.view(out.size(0), -1))
+
+
+def released_twin(net):
+    """A ReleasedNetwork with `net`'s configuration and weights (architecture parameters are inputs there)."""
+    twin = ReleasedNetwork(net._C, net._num_classes, net._layers, net.k, net._steps, net._multiplier,
+                           net.stem[0].out_channels // net._C)
+    arch = set(net._arch_names)
+    twin.load_state_dict({key: value for key, value in net.state_dict().items() if key not in arch})
+    return twin.train(net.training)

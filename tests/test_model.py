@@ -12,7 +12,7 @@ import model_search_softmax_sigmoid as sequential_search
 import architect
 from architect import Architect
 from genotypes import PRIMITIVES, parse_genotype
-from released_reference import released_mixed_op, released_network
+from released_reference import ReleasedMixedOp, released_twin
 from utils import UserError, count_parameters
 
 SUPERNETS = [sequential_search.Network, random_search.Network]
@@ -54,19 +54,20 @@ def test_state_dict_uses_darts_names():
 
 def test_released_weights_load_and_ours_load_into_released_layout():
     net = sequential_search.Network(16, 7, 8)
-    arch = set(net._arch_names)
-    released_state = {k: v for k, v in net.state_dict().items() if k not in arch}  # released: alphas not registered
+    twin = released_twin(net)  # loads our state dict into one module per edge, strictly
+    released_state = twin.state_dict()  # released: alphas not registered
     fresh = sequential_search.Network(16, 7, 8)
     result = fresh.load_state_dict(released_state, strict=False)
-    assert result.unexpected_keys == [] and set(result.missing_keys) == arch
+    assert result.unexpected_keys == [] and set(result.missing_keys) == set(net._arch_names)
     loaded = fresh.state_dict()
+    assert loaded.keys() - set(net._arch_names) == released_state.keys()
     assert all(torch.equal(loaded[key], value) for key, value in released_state.items())
 
 
 @pytest.mark.parametrize('k', [1, 2, 4, 8])
 def test_partial_channel_ratio(k):
     net = sequential_search.Network(16, 7, 3, k=k, image_size=32)
-    assert net.cells[0]._ops[0]._ops[4].op[1].in_channels == 16 // k
+    assert net.state_dict()['cells.0._ops.13._ops.4.op.1.weight'].shape == (16 // k, 1, 3, 3)
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 7)
 
 
@@ -75,44 +76,103 @@ def test_indivisible_channels_refused():
         sequential_search.Network(6, 7, 3, k=4)
 
 
+def test_edge_groups_cover_every_edge_once_by_source():
+    groups = sequential_search.edge_groups(4)
+    assert groups == [[0, 1, 2, 3, 5, 6, 9, 10], [4, 7, 11], [8, 12], [13]]
+    assert sorted(sum(sequential_search.edge_groups(5), [])) == list(range(20))
+
+
 def test_k1_mixed_op_is_plain_darts_with_sigmoid_weights():
     torch.manual_seed(0)
     op = sequential_search.MixedOp(6, 1, k=1)
     x, alphas = torch.randn(2, 6, 8, 8), torch.randn(len(PRIMITIVES))
     weights = torch.sigmoid(alphas)
     expected = sum(w * o(x) for w, o in zip(weights, op._ops))
-    torch.testing.assert_close(op(x, weights), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(op([x], weights[None])[:, 0], expected, rtol=1e-5, atol=1e-6)
 
 
+def per_edge_ops(op, C, stride, k):
+    """One released mixed op per edge of a grouped mixed op, holding that edge's block of the parameters."""
+    edges = []
+    for e in range(op.edges):
+        edge = ReleasedMixedOp(C, stride, k)
+        edge.load_state_dict({name: value.chunk(op.edges)[e] if value.dim() else value
+                              for name, value in op.state_dict().items()})
+        edges.append(edge)
+    return edges
+
+
+@pytest.mark.parametrize('sources', [1, 2])
 @pytest.mark.parametrize('stride', [1, 2])
-def test_sequential_mixed_op_equals_released(stride):
+def test_grouped_mixed_op_equals_released_per_edge(stride, sources):
     torch.manual_seed(0)
-    op = sequential_search.MixedOp(8, stride, k=4)
-    x, weights = torch.randn(2, 8, 8, 8), torch.rand(len(PRIMITIVES))
-    torch.testing.assert_close(op(x, weights), released_mixed_op(op, x, weights), rtol=1e-5, atol=1e-6)
+    op = sequential_search.MixedOp(8, stride, k=4, edges=6)
+    inputs, weights = [torch.randn(2, 8, 8, 8) for _ in range(sources)], torch.rand(6, len(PRIMITIVES))
+    reference = torch.stack([edge(inputs[e % sources], weights[e])
+                             for e, edge in enumerate(per_edge_ops(op, 8, stride, 4))], dim=1)
+    torch.testing.assert_close(op(inputs, weights), reference, rtol=1e-5, atol=1e-6)
 
 
 def test_random_mixed_op_permutes_then_shuffles_like_released():
     torch.manual_seed(0)
-    op = random_search.MixedOp(8, 1, k=4)
-    x, weights = torch.randn(2, 8, 8, 8), torch.rand(len(PRIMITIVES))
+    op = random_search.MixedOp(8, 1, k=4, edges=4)
+    inputs, weights = [torch.randn(2, 8, 8, 8) for _ in range(2)], torch.rand(4, len(PRIMITIVES))
     torch.manual_seed(5)
-    ours = op(x, weights)
+    ours = op(inputs, weights)
     torch.manual_seed(5)
-    permutation = torch.randperm(8)
-    torch.testing.assert_close(ours, released_mixed_op(op, x, weights, permutation), rtol=1e-5, atol=1e-6)
+    permutations = op.permutations((2, 2, 8), 'cpu').flatten(0, 1)  # (targets, sources, C) -> per edge
+    assert all(sorted(p.tolist()) == list(range(8)) for p in permutations)
+    reference = torch.stack([edge(inputs[e % 2], weights[e], permutations[e])
+                             for e, edge in enumerate(per_edge_ops(op, 8, 1, 4))], dim=1)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
-def test_supernet_forward_and_gradients_equal_released():
-    net = tiny_supernet()
+def recorded_permutations(monkeypatch, net):
+    """Record the random variant's permutations; by_edge() returns those of the last forward as
+    {(cell, edge): permutation}, in the released code's terms."""
+    drawn = []
+    draw = random_search.MixedOp.permutations
+    monkeypatch.setattr(random_search.MixedOp, 'permutations',
+                        staticmethod(lambda shape, device: drawn.append(draw(shape, device)) or drawn[-1]))
+    groups = sequential_search.edge_groups(net._steps)
+
+    def by_edge():
+        calls = iter(drawn[-len(net.cells) * len(groups):])
+        return {(cell, edge): p for cell in range(len(net.cells)) for group in groups
+                for edge, p in zip(group, next(calls).flatten(0, 1))}
+    return by_edge
+
+
+@pytest.mark.parametrize('cls', SUPERNETS)
+def test_supernet_forward_gradients_and_statistics_equal_released(cls, monkeypatch):
+    net = tiny_supernet(cls)
+    set_arch(net, torch.randn(14, 8), torch.randn(14))
+    twin = released_twin(net)
+    permutations = recorded_permutations(monkeypatch, net) if cls is random_search.Network else dict
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 7, (4,))
     ours = net(x)
-    reference = released_network(net, x)
+    reference = twin(x, *net.arch_parameters(), permutations())
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
-    grads = torch.autograd.grad(F.cross_entropy(ours, y), net.arch_parameters())
-    reference_grads = torch.autograd.grad(F.cross_entropy(reference, y), net.arch_parameters())
-    for g, r in zip(grads, reference_grads):
+    names = [name for name, _ in net.named_parameters() if name not in net._arch_names]
+    grads = torch.autograd.grad(F.cross_entropy(ours, y), net.arch_parameters() + net.weight_parameters())
+    reference_names, reference_weights = zip(*twin.named_parameters())
+    reference_grads = torch.autograd.grad(F.cross_entropy(reference, y), net.arch_parameters() + list(reference_weights))
+    for g, r in zip(grads[:4], reference_grads[:4]):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-7)
+    weight_grads = dict(zip(names, grads[4:]))
+    for i, cell in enumerate(net.cells):  # our grouped gradients under per-edge names, as the state dict does
+        sequential_search.per_edge_state_dict(cell, weight_grads, f'cells.{i}.', None)
+    assert weight_grads.keys() == set(reference_names)
+    for name, r in zip(reference_names, reference_grads[4:]):
+        torch.testing.assert_close(weight_grads[name], r, rtol=1e-4, atol=1e-6)
+    # BatchNorm running statistics were updated alike, so evaluation mode agrees too
+    ours_state, reference_state = net.state_dict(), twin.state_dict()
+    for key, value in reference_state.items():
+        torch.testing.assert_close(ours_state[key], value, rtol=1e-5, atol=1e-6)
+    net.eval()
+    twin.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), twin(x, *net.arch_parameters(), permutations()), rtol=1e-5, atol=1e-6)
 
 
 def test_sequential_is_deterministic_random_is_seeded_and_different():

@@ -11,6 +11,9 @@ import pytest
 import torch
 
 import genotypes
+import model
+import model_search_ran_softmax_sigmoid
+from utils import count_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SEARCH = ['--epochs', '2', '--warmup_epochs', '1', '--init_channels', '8', '--layers', '3', '--batch_size', '16',
@@ -117,3 +120,17 @@ def test_bad_input_stops_with_one_clear_message(dataset, tmp_path, args, message
 def test_released_protocol_warns(dataset, tmp_path):
     result = run('train_search.py', ['--data', dataset, *TINY_SEARCH, '--epochs', '1', '--protocol', 'released'], tmp_path)
     assert 'architecture steps on the TEST set' in result.stdout
+
+
+def test_benchmark_writes_every_figure(tmp_path):
+    run('benchmark.py', ['--device', 'cpu', '--batch_size', '4', '--init_channels', '4', '--layers', '3',
+                         '--eval_channels', '4', '--image_size', '16', '--steps', '1', '--repeats', '1',
+                         '--sampling', 'random', '--json', str(tmp_path / 'benchmark.json')], tmp_path)
+    results = json.load(open(tmp_path / 'benchmark.json'))
+    for key in ['search_step_img_s', 'search_step_unrolled_img_s', 'search_step_overhead_ms', 'train_step_img_s',
+                'eval_img_s', 'latency_bs1_ms', 'data_img_s', 'peak_mem_mb', 'eval_flops']:
+        assert 0 < results[key] < float('inf'), key
+    supernet = model_search_ran_softmax_sigmoid.Network(4, 7, 3, image_size=16)
+    assert results['supernet_params'] == count_parameters(supernet, exclude=supernet.arch_parameters())
+    assert results['eval_params'] == count_parameters(model.Network(4, 7, 3, False, genotypes.GLA_FERNet, image_size=16))
+    assert results['config']['sampling'] == 'random' and results['torch'] == torch.__version__

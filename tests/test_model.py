@@ -400,3 +400,41 @@ def test_every_named_genotype_trains_channels_last(name):
     logits, logits_aux = net(x)
     (F.cross_entropy(logits, torch.tensor([0, 1])) + F.cross_entropy(logits_aux, torch.tensor([0, 1]))).backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize('cls', SUPERNETS)
+def test_search_step_under_bf16_autocast_stays_close_to_fp32(cls):
+    from train_search import search_step
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 7, (8,))
+    results = {}
+    for amp_dtype in (None, torch.bfloat16):
+        net = tiny_supernet(cls)
+        weights = net.weight_parameters()
+        optimizer = torch.optim.SGD(weights, 0.1, momentum=0.9)
+        scaler = torch.amp.GradScaler('cpu', enabled=False)
+        torch.manual_seed(3)  # the same channel permutations for the random variant
+        _, loss = search_step(net, Architect(net, 0.9, 3e-4, 6e-4, 1e-3), x, y, (x, y), optimizer, scaler, 0.1,
+                              weights, 5.0, False, amp_dtype)
+        results[amp_dtype] = loss, [p.detach().clone() for p in net.arch_parameters()]
+    (loss, arch), (amp_loss, amp_arch) = results[None], results[torch.bfloat16]
+    assert torch.isfinite(amp_loss) and abs(amp_loss - loss) < 0.05 * loss
+    # Adam's first step moves each architecture parameter by about lr along its gradient's sign: the two
+    # precisions must agree on that sign almost everywhere (tiny gradients may flip).
+    initial = torch.cat([p.detach().flatten() for p in tiny_supernet(cls).arch_parameters()])
+    moved, amp_moved = (torch.cat([p.flatten() for p in a]) - initial for a in (arch, amp_arch))
+    assert torch.isfinite(amp_moved).all()
+    assert (moved.sign() == amp_moved.sign()).float().mean() > 0.9
+
+
+def test_train_step_under_bf16_autocast_stays_close_to_fp32():
+    from train import train_step
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 7, (4,))
+    losses = []
+    for amp_dtype in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        net = model.Network(8, 7, 3, True, genotypes.GLA_FERNet, image_size=16)
+        optimizer = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9)
+        _, loss = train_step(net, x, y, optimizer, torch.amp.GradScaler('cpu', enabled=False), 5.0, 0.4, amp_dtype)
+        assert all(torch.isfinite(p).all() for p in net.parameters())
+        losses.append(loss)
+    assert abs(losses[1] - losses[0]) < 0.05 * losses[0]

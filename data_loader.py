@@ -277,6 +277,13 @@ def _list_class_folder(folder, count):
     return paths, labels
 
 
+def check_root(name, root):
+    """Refuse a dataset folder that does not exist (a synthetic one is generated there on first use)."""
+    if name != 'synthetic' and not Path(root).is_dir():
+        raise UserError(f"dataset root {root} does not exist; pass the folder that holds "
+                        f"{RAFDB_LABEL_FILE} (RAF-DB) or train_class/ and val_class/ (AffectNet).")
+
+
 def load_dataset(name, root, noise=0, noise_file=None, affectnet_classes=8, source_size=SOURCE_SIZE,
                  workers=0, cache_dir=None, log=print):
     """Return (train, test) ImageSets for name in rafdb | affectnet | synthetic (a generated RAF-DB layout)."""
@@ -285,9 +292,7 @@ def load_dataset(name, root, noise=0, noise_file=None, affectnet_classes=8, sour
         import synthetic  # lazy: synthetic imports make_noise from this module
         log(f"no dataset at {root}; generating a synthetic RAF-DB layout there")
         synthetic.make_synthetic(str(root), layout='rafdb', seed=0)
-    if not root.is_dir():
-        raise UserError(f"dataset root {root} does not exist; pass the folder that holds "
-                        f"{RAFDB_LABEL_FILE} (RAF-DB) or train_class/ and val_class/ (AffectNet).")
+    check_root(name, root)
     load = lambda paths: load_images(paths, source_size, workers, cache_dir, root, log)
 
     if name in ('rafdb', 'synthetic'):
@@ -571,6 +576,11 @@ def add_data_arguments(parser):
     parser.add_argument('--image_size', type=image_size_argument, default=IMAGE_SIZE,
                         help='network input size (a multiple of 4)')
     parser.add_argument('--workers', type=int, default=2, help='processes decoding JPEGs on the first run (cached after)')
+
+
+def check_root_from_args(args):
+    """check_root for the dataset flags of add_data_arguments: run before a run folder is created."""
+    check_root(args.dataset, args.data or default_root(args.dataset))
 
 
 def load_from_args(args, log):

@@ -58,6 +58,8 @@ def read_genotype(args):
 def main():
     args = parser.parse_args()
     genotype = None if args.resume else read_genotype(args)  # a bad genotype stops before a run folder exists
+    if not args.resume:
+        data_loader.check_root_from_args(args)  # so does a wrong --data path
     args, checkpoint, save_dir, log, device, rank, world_size = utils.start_run(args, 'eval')
     is_main = rank == 0
     if checkpoint is not None:

@@ -44,7 +44,10 @@ def cycle(loader, epoch):
 
 
 def main():
-    args, checkpoint, save_dir, log, device, rank, world_size = utils.start_run(parser.parse_args(), 'search')
+    args = parser.parse_args()
+    if not args.resume:
+        data_loader.check_root_from_args(args)  # a wrong --data path stops before a run folder exists
+    args, checkpoint, save_dir, log, device, rank, world_size = utils.start_run(args, 'search')
     is_main = rank == 0
     train_set, test_set = data_loader.load_from_args(args, log)
     num_classes = len(train_set.class_names)

@@ -115,6 +115,15 @@ def test_bad_input_stops_with_one_clear_message(dataset, tmp_path, args, message
     result = run('train.py', ['--data', dataset, *TINY_TRAIN, *args], tmp_path, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and 'Traceback' not in result.stderr
+    if message != 'non-finite':  # input errors stop before a run folder is created
+        assert not [d for d in os.listdir(tmp_path) if d.startswith('eval-')]
+
+
+def test_search_with_a_missing_dataset_folder_leaves_no_run_folder(tmp_path):
+    result = run('train_search.py', ['--dataset', 'affectnet', '--data', str(tmp_path / 'AffectNet'), *TINY_SEARCH],
+                 tmp_path, check=False)
+    assert result.returncode == 2 and 'AffectNet does not exist' in result.stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_released_protocol_warns(dataset, tmp_path):

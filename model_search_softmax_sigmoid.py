@@ -73,7 +73,11 @@ class MixedOp(nn.Module):
         mixed = (outputs * op_weights).sum(0)  # (N, edges, c, H, W)
         if self.k == 1:
             return mixed
-        bypassed = torch.stack([s[:, c:] for s in sources], dim=1)  # (N, sources, C - c, H, W)
+        # (N, sources, C - c, H, W); a view when there is one source, as the cat below copies anyway
+        if len(sources) == 1:
+            bypassed = sources[0][:, None, c:]
+        else:
+            bypassed = torch.stack([s[:, c:] for s in sources], dim=1)
         if mixed.shape[-1] != sources[0].shape[-1]:  # stride 2
             bypassed = self.mp(bypassed.flatten(1, 2)).unflatten(1, (len(sources), -1))
         # (N, targets, sources, C, H, W): every edge's processed channels followed by its bypassed ones

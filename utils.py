@@ -11,6 +11,10 @@ import time
 
 import torch
 import torch.distributed as dist
+# Imported here, before any process group exists: torch.distributed.nn binds the default group as argument defaults
+# when first imported (DistributedDataParallel imports it through torch._dynamo). Imported after init_process_group,
+# it would keep the group, and so Gloo's worker threads, alive until interpreter shutdown (see run_main).
+import torch.distributed.nn  # noqa: F401
 
 
 class UserError(ValueError):
@@ -18,12 +22,20 @@ class UserError(ValueError):
 
 
 def run_main(main):
-    """Run a script's main(), turning a UserError into one line on stderr and exit status 2."""
+    """Run a script's main(), turning a UserError into one line on stderr and exit status 2.
+
+    After a successful run under torchrun, free the process group before Python shuts down: its destructor joins
+    Gloo's worker threads. A worker still releasing an all-reduced tensor during interpreter shutdown aborts the
+    process (SIGABRT), and torchrun fails the whole run. Only on success: after an error the other processes may
+    still be inside a collective.
+    """
     try:
         main()
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""torchrun with 2 CPU processes (Gloo): both scripts finish and log once; metrics cover the whole test set."""
+"""torchrun with 2 CPU processes (Gloo): both scripts finish, log once and free their process group; metrics cover
+the whole test set."""
 import json
 import os
 import socket
@@ -18,9 +19,11 @@ from test_workflow import ROOT, TINY_SEARCH, TINY_TRAIN, only_dir
 def torchrun(script, args, cwd):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': ROOT}
     result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                             os.path.join(ROOT, script), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=300)
+                             os.path.join(ROOT, 'tests', 'torchrun_entry.py'), os.path.join(ROOT, script), *args],
+                            cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # Each process freed its group (and so joined Gloo's threads) before exiting: the exit cannot abort.
+    assert result.stdout.count('process group freed: True') == 2, result.stdout[-3000:]
     return result
 
 
@@ -71,3 +74,19 @@ def test_all_reduced_metrics_equal_single_process():
     assert sum(map(sum, matrix_1)) == 29
     assert matrix_1 == matrix_2
     assert loss_1 == pytest.approx(loss_2, rel=1e-6)  # float32 per-batch means, batched differently
+
+
+def test_run_main_destroys_the_process_group_after_success_only(tmp_path):
+    def fails():
+        raise utils.UserError('bad input')
+
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}', rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit):
+            utils.run_main(fails)
+        assert dist.is_initialized()  # after an error the others may be inside a collective: no teardown
+        utils.run_main(lambda: None)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -7,29 +7,36 @@ from utils import unwrap
 
 # Finite-difference step of the Hessian-vector product, as in DARTS: r = 0.01 / ||grad||.
 HESSIAN_EPSILON = 0.01
+ARCH_BETAS = (0.5, 0.999)  # Adam betas of the architecture optimizer (DARTS, PC-DARTS, released code)
 
 
 class Architect:
-    def __init__(self, model, momentum, weight_decay, arch_learning_rate, arch_weight_decay, grad_sync=None):
-        """`grad_sync(tensors)` averages gradients across processes in distributed search (None: one process)."""
-        self.model = model
-        self.network_momentum = momentum
-        self.network_weight_decay = weight_decay
-        self.grad_sync = grad_sync
-        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_learning_rate,
-                                          betas=(0.5, 0.999), weight_decay=arch_weight_decay)
+    """Adam on the supernet's architecture parameters, against the weight optimizer's SGD.
 
-    def step(self, input_train, target_train, input_valid, target_valid, eta, network_optimizer, unrolled):
-        """One Adam step on the architecture parameters; returns the (detached) validation loss."""
-        arch_params = self.model.arch_parameters()
+    model: the supernet as the search runs it (possibly compiled); weight_optimizer: the SGD optimizer of the
+    weights, whose learning rate, momentum and weight decay the unrolled step imitates; grad_sync(tensors): averages
+    gradients across processes in a distributed search (None in one process)."""
+
+    def __init__(self, model, weight_optimizer, arch_learning_rate, arch_weight_decay, grad_sync=None):
+        self.model = model
+        self.network = unwrap(model)  # the plain module: parameter names for functional_call
+        self.weight_optimizer = weight_optimizer
+        self.grad_sync = grad_sync
+        self.optimizer = torch.optim.Adam(self.network.arch_parameters(), lr=arch_learning_rate, betas=ARCH_BETAS,
+                                          weight_decay=arch_weight_decay)
+
+    def step(self, train_batch, valid_batch, unrolled):
+        """One Adam step on the architecture parameters from the validation batch; returns the (detached)
+        validation loss. The unrolled step also needs the training batch of the weight step that follows."""
+        arch_params = self.network.arch_parameters()
         self.optimizer.zero_grad(set_to_none=True)
         if unrolled:
-            loss, grads = self.unrolled_gradients(input_train, target_train, input_valid, target_valid,
-                                                  eta, network_optimizer)
+            loss, grads = self.unrolled_gradients(train_batch, valid_batch)
             for p, g in zip(arch_params, grads):
                 p.grad = g
         else:
-            loss = F.cross_entropy(self.model(input_valid), target_valid)
+            x, y = valid_batch
+            loss = F.cross_entropy(self.model(x), y)
             # Only the architecture gradients are needed: the weight gradients are not computed at all.
             loss.backward(inputs=arch_params)
         if self.grad_sync is not None:
@@ -37,42 +44,44 @@ class Architect:
         self.optimizer.step()
         return loss.detach()
 
-    def unrolled_gradients(self, input_train, target_train, input_valid, target_valid, eta, network_optimizer):
+    def unrolled_gradients(self, train_batch, valid_batch):
         """d/dalpha L_val(w', alpha) with w' = w - eta * (momentum * buf + dL_train/dw + wd * w) (DARTS eq. 7),
         the second-order term by a finite-difference Hessian-vector product (DARTS eq. 8)."""
-        model = unwrap(self.model)  # functional_call needs the plain module's parameter names
-        arch_params = model.arch_parameters()
-        names, weights = zip(*[(n, p) for n, p in model.named_parameters() if n not in model._arch_names])
+        (x_train, y_train), (x_valid, y_valid) = train_batch, valid_batch
+        group = self.weight_optimizer.param_groups[0]
+        eta, momentum, weight_decay = group['lr'], group['momentum'], group['weight_decay']
+        arch_params = self.network.arch_parameters()
+        names, weights = zip(*self.network.named_weight_parameters())
 
         # Virtual SGD step of the weights, the same update the weight optimizer would make.
-        train_loss = F.cross_entropy(self.model(input_train), target_train)
+        train_loss = F.cross_entropy(self.model(x_train), y_train)
         weight_grads = torch.autograd.grad(train_loss, weights, materialize_grads=True)
         with torch.no_grad():
             unrolled = []
             for w, g in zip(weights, weight_grads):
-                buf = network_optimizer.state.get(w, {}).get('momentum_buffer')
-                moment = buf * self.network_momentum if buf is not None else 0.
-                unrolled.append(w - eta * (moment + g + self.network_weight_decay * w))
+                buf = self.weight_optimizer.state.get(w, {}).get('momentum_buffer')
+                moment = buf * momentum if buf is not None else 0.
+                unrolled.append(w - eta * (moment + g + weight_decay * w))
 
         # Validation loss at the virtual weights: gradient for alpha (direct) and for w' (to be propagated).
         virtual = [w.requires_grad_() for w in unrolled]
         params = dict(zip(names, virtual))
-        valid_loss = F.cross_entropy(functional_call(model, params, (input_valid,), strict=False), target_valid)
+        valid_loss = F.cross_entropy(functional_call(self.network, params, (x_valid,), strict=False), y_valid)
         grads = torch.autograd.grad(valid_loss, list(arch_params) + virtual, materialize_grads=True)
         arch_grads, vector = grads[:len(arch_params)], grads[len(arch_params):]
 
-        implicit = self.hessian_vector_product(names, weights, vector, input_train, target_train)
+        implicit = self.hessian_vector_product(names, weights, vector, train_batch)
         return valid_loss, [g - eta * h for g, h in zip(arch_grads, implicit)]
 
-    def hessian_vector_product(self, names, weights, vector, input_train, target_train):
+    def hessian_vector_product(self, names, weights, vector, train_batch):
         """(d2 L_train / dalpha dw) . vector, by central differences along `vector`."""
+        x, y = train_batch
         r = HESSIAN_EPSILON / torch.sqrt(sum((v * v).sum() for v in vector))
-        model = unwrap(self.model)
-        arch_params = model.arch_parameters()
+        arch_params = self.network.arch_parameters()
         grads = []
         for sign in (1., -1.):
             with torch.no_grad():
                 params = {n: w + sign * r * v for n, w, v in zip(names, weights, vector)}
-            loss = F.cross_entropy(functional_call(model, params, (input_train,), strict=False), target_train)
+            loss = F.cross_entropy(functional_call(self.network, params, (x,), strict=False), y)
             grads.append(torch.autograd.grad(loss, arch_params, materialize_grads=True))
         return [(gp - gn) / (2 * r) for gp, gn in zip(*grads)]

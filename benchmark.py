@@ -1,35 +1,19 @@
-"""Speed and size of the search step, the discrete network and the data pipeline on the current device (issue: speed)."""
+"""Speed and size of the search step, the discrete network and the data pipeline on the current device."""
 import argparse
-import contextlib
-import platform
-import resource
-import statistics
-import tempfile
-import time
 
-import torch
-
-import data_loader
-import genotypes
-import model_search_ran_softmax_sigmoid
-import model_search_softmax_sigmoid
-import utils
-from architect import Architect
-from model import Network
-from train import train_step
-from train_search import search_step
+import cli
 
 parser = argparse.ArgumentParser('benchmark', description=__doc__)
 parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='where to measure')
-parser.add_argument('--batch_size', type=int, default=64, help='batch size of the training steps')
-parser.add_argument('--init_channels', type=int, default=16, help='supernet init channels')
-parser.add_argument('--layers', type=int, default=8, help='layers of both networks')
-parser.add_argument('--eval_channels', type=int, default=36, help='discrete network (GLA_FERNet) init channels')
-parser.add_argument('--image_size', type=int, default=48, help='input size')
+parser.add_argument('--batch_size', type=cli.positive_int, default=64, help='batch size of the training steps')
+parser.add_argument('--init_channels', type=cli.positive_int, default=16, help='supernet init channels')
+parser.add_argument('--layers', type=cli.positive_int, default=8, help='layers of both networks')
+parser.add_argument('--eval_channels', type=cli.positive_int, default=36, help='discrete network (GLA_FERNet) init channels')
+parser.add_argument('--image_size', type=cli.positive_int, default=48, help='input size')
 parser.add_argument('--sampling', choices=['sequential', 'random'], default='sequential', help='supernet variant')
-parser.add_argument('--k', type=int, default=4, help='partial-channel ratio')
-parser.add_argument('--steps', type=int, default=10, help='timed steps per repeat')
-parser.add_argument('--repeats', type=int, default=5, help='repeats; the median and the spread are reported')
+parser.add_argument('--k', type=cli.positive_int, default=4, help='partial-channel ratio')
+parser.add_argument('--steps', type=cli.positive_int, default=10, help='timed steps per repeat')
+parser.add_argument('--repeats', type=cli.positive_int, default=5, help='repeats; the median and the spread are reported')
 parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
 parser.add_argument('--compile', action='store_true', help='torch.compile both networks')
 parser.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
@@ -37,6 +21,26 @@ parser.add_argument('--channels_last', action=argparse.BooleanOptionalAction, de
 parser.add_argument('--search_channels_last', action='store_true', help='channels-last supernet (train_search.py: off)')
 parser.add_argument('--skip_unrolled', action='store_true', help='do not time the second-order search step')
 parser.add_argument('--json', default=None, help='also write the figures to this JSON file')
+
+if __name__ == '__main__':
+    ARGS = parser.parse_args()  # before torch is imported: --help answers at once
+
+import contextlib  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+import data_loader  # noqa: E402
+import genotypes  # noqa: E402
+import utils  # noqa: E402
+from architect import Architect  # noqa: E402
+from model import Network  # noqa: E402
+from train import train_step  # noqa: E402
+from train_search import SUPERNETS, search_step  # noqa: E402
 
 
 def synchronize(device):
@@ -65,53 +69,50 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # Linux reports KiB
 
 
-def main():
-    args = parser.parse_args()
+def main(args, log):
     device, _, _ = utils.init_distributed(args.device)
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = device.type == 'cuda'
-    amp_dtype, use_scaler = utils.autocast_settings(device, args.amp)
+    amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
     search_format = torch.channels_last if args.search_channels_last else torch.contiguous_format
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     batch = args.batch_size
     x = torch.randn(batch, 3, args.image_size, args.image_size, device=device).contiguous(memory_format=search_format)
     y = torch.randint(0, 7, (batch,), device=device)
-    results, rows = {}, []
+    results, spread, rows = {}, {}, []
 
     def record(key, seconds, images, unit='img/s'):
         median, low, high = seconds
         if unit == 'img/s':
-            results[key] = images / median
+            results[key], spread[key] = images / median, [images / high, images / low]
             rows.append((key, f'{images / median:10.1f} img/s', f'{1e3 * median:9.2f} ms',
                          f'[{images / high:.1f}, {images / low:.1f}]'))
         else:
-            results[key] = 1e3 * median
+            results[key], spread[key] = 1e3 * median, [1e3 * low, 1e3 * high]
             rows.append((key, f'{1e3 * median:10.2f} ms', '', f'[{1e3 * low:.2f}, {1e3 * high:.2f}]'))
 
     # Search step: one architecture step on a held-out batch, then one weight step (train_search.search_step).
-    supernet_module = {'sequential': model_search_softmax_sigmoid, 'random': model_search_ran_softmax_sigmoid}[args.sampling]
-    supernet = supernet_module.Network(args.init_channels, 7, args.layers, k=args.k, image_size=args.image_size).to(device)
-    supernet = supernet.to(memory_format=search_format)
+    supernet = SUPERNETS[args.sampling](args.init_channels, 7, args.layers, k=args.k, image_size=args.image_size)
+    supernet = supernet.to(device, memory_format=search_format)
     results['supernet_params'] = utils.count_parameters(supernet, supernet.arch_parameters())
-    weights = supernet.weight_parameters()
-    optimizer = torch.optim.SGD(weights, 0.1, momentum=0.9, weight_decay=3e-4)
+    optimizer = torch.optim.SGD(supernet.weight_parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    forward_supernet = utils.maybe_compile(supernet, x, print) if args.compile else supernet
-    architect = Architect(forward_supernet, 0.9, 3e-4, 6e-4, 1e-3)
+    update = utils.WeightUpdate(supernet.weight_parameters(), optimizer, scaler, 5.0, amp_dtype)
+    forward_supernet = utils.maybe_compile(supernet, x, log) if args.compile else supernet
+    architect = Architect(forward_supernet, optimizer, 6e-4, 1e-3)
     for unrolled in ([False] if args.skip_unrolled else [False, True]):
         def step():
-            search_step(forward_supernet, architect, x, y, (x, y), optimizer, scaler, 0.1, weights, 5.0, unrolled, amp_dtype)
+            search_step(forward_supernet, architect, update, (x, y), (x, y), unrolled)
         record('search_step_unrolled_img_s' if unrolled else 'search_step_img_s',
                measure(step, device, args.steps if not unrolled else max(args.steps // 2, 1), args.repeats), batch)
 
     # The same step on 2 images of 16x16, eager: the arithmetic is negligible, so this is the per-call overhead
     # (Python, dispatch, kernel launches) that bounds a step of many small kernels, as the supernet's are on a GPU.
     tiny_x, tiny_y = x[:2, :, :16, :16].contiguous(memory_format=search_format), y[:2]
-    eager_architect = Architect(supernet, 0.9, 3e-4, 6e-4, 1e-3)
+    eager_architect = Architect(supernet, optimizer, 6e-4, 1e-3)
 
     def overhead_step():
-        search_step(supernet, eager_architect, tiny_x, tiny_y, (tiny_x, tiny_y), optimizer, scaler, 0.1, weights, 5.0,
-                    False, amp_dtype)
+        search_step(supernet, eager_architect, update, (tiny_x, tiny_y), (tiny_x, tiny_y), False)
     record('search_step_overhead_ms', measure(overhead_step, device, args.steps, args.repeats), 1, unit='ms')
 
     # Discrete network with the released genotype: training step, evaluation, batch-1 latency.
@@ -121,16 +122,16 @@ def main():
     net = net.to(memory_format=memory_format)
     net.drop_path_prob = 0.2
     x = x.contiguous(memory_format=memory_format)
-    forward_net = utils.maybe_compile(net, x, print) if args.compile else net
+    forward_net = utils.maybe_compile(net, x, log) if args.compile else net
     optimizer = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
+    update = utils.WeightUpdate(list(net.parameters()), optimizer, scaler, 5.0, amp_dtype)
     forward_net.train()
-    record('train_step_img_s', measure(lambda: train_step(forward_net, x, y, optimizer, scaler, 5.0, 0.4, amp_dtype),
-                                       device, args.steps, args.repeats), batch)
+    record('train_step_img_s', measure(lambda: train_step(forward_net, update, x, y, 0.4), device, args.steps,
+                                       args.repeats), batch)
     forward_net.eval()
-    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     eval_batch = torch.randn(4 * batch, 3, args.image_size, args.image_size, device=device).contiguous(
         memory_format=memory_format)
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), utils.autocast(device, amp_dtype):
         record('eval_img_s', measure(lambda: forward_net(eval_batch), device, args.steps, args.repeats), 4 * batch)
         single = x[:1].contiguous(memory_format=memory_format)
         record('latency_bs1_ms', measure(lambda: net(single), device, args.steps * 2, args.repeats), 1, unit='ms')
@@ -150,7 +151,7 @@ def main():
     config = {key: getattr(args, key) for key in ('batch_size', 'init_channels', 'layers', 'eval_channels', 'image_size',
                                                   'sampling', 'k', 'amp', 'compile', 'channels_last', 'search_channels_last',
                                                   'steps', 'repeats')}
-    results.update(config=config, torch=torch.__version__, cuda=torch.version.cuda,
+    results.update(spread=spread, config=config, torch=torch.__version__, cuda=torch.version.cuda,
                    device=torch.cuda.get_device_name(device) if device.type == 'cuda'
                    else f'{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)')
     print(f'device: {results["device"]}, torch {results["torch"]}, CUDA {results["cuda"]}')
@@ -165,4 +166,4 @@ def main():
 
 
 if __name__ == '__main__':
-    utils.run_main(main)
+    utils.run_main(main, ARGS)

@@ -1,4 +1,5 @@
-"""Data pipeline (paper Sec. 4.1; SPEC.md "Data"): RAF-DB / AffectNet readers, label noise, cache, device loader."""
+"""Data pipeline (paper Sec. 4.1; SPEC.md "Data"): images decoded once and cached, datasets and their splits,
+augmentation on the training device, and the loader that batches them. The label formats are in formats.py."""
 import argparse
 import hashlib
 import math
@@ -15,14 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from utils import UserError
-
-RAFDB_CLASSES = ['Surprise', 'Fear', 'Disgust', 'Happiness', 'Sadness', 'Anger', 'Neutral']
-AFFECTNET_CLASSES = ['Neutral', 'Happiness', 'Sadness', 'Surprise', 'Fear', 'Disgust', 'Anger', 'Contempt']
-RAFDB_LABEL_FILE = 'EmoLabel/list_patition_label.txt'  # (sic) the name RAF-DB ships with
-RAFDB_IMAGE_DIR = 'Image/aligned'
-NOISE_LEVELS = (0, 10, 20, 30)  # percent; EmoLabel/new_{N}_noise.txt (Self-Cure-Network's protocol)
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+import formats
+from cli import UserError
 
 SOURCE_SIZE = 100  # RAF-DB's aligned images are 100x100
 IMAGE_SIZE = 48  # network input (SPEC "Preprocessing")
@@ -43,116 +38,6 @@ class ImageSet:
     root: str
 
 
-# ---------------------------------------------------------------- label files
-
-def _read_pairs(path):
-    """Yield (line number, name, integer label) for each non-blank line of a two-column list file."""
-    with open(path, encoding='utf-8') as f:
-        for number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or not fields[1].lstrip('-').isdigit():
-                raise UserError(f"{path} line {number}: expected '<image> <label>' such as 'train_00001.jpg 5', "
-                                f"got {line.strip()!r}.")
-            yield number, fields[0], int(fields[1])
-
-
-def read_rafdb_list(path):
-    """Read list_patition_label.txt -> (train names, train labels 0-based, test names, test labels 0-based)."""
-    if not os.path.isfile(path):
-        raise UserError(f"label file {path} not found; a RAF-DB root must hold {RAFDB_LABEL_FILE} "
-                        f"and {RAFDB_IMAGE_DIR}/.")
-    split = {'train': ([], []), 'test': ([], [])}
-    for number, name, label in _read_pairs(path):
-        kind = name.split('_')[0]
-        if kind not in split or not 1 <= label <= len(RAFDB_CLASSES):
-            raise UserError(f"{path} line {number}: expected 'train_NNNNN.jpg' or 'test_NNNN.jpg' "
-                            f"with a label in 1..7, got {name} {label}.")
-        split[kind][0].append(name)
-        split[kind][1].append(label - 1)
-    return split['train'][0], split['train'][1], split['test'][0], split['test'][1]
-
-
-def _rafdb_name(path_text):
-    """'datasets/raf-basic/Image/aligned/train_00001_aligned.jpg' or 'train_00001.jpg' -> 'train_00001.jpg'."""
-    name = os.path.basename(path_text)
-    return name[:-len('_aligned.jpg')] + '.jpg' if name.endswith('_aligned.jpg') else name
-
-
-def read_noise_labels(path, train_names):
-    """Return 0-based noisy training labels, aligned with train_names, from any of the three public formats.
-
-    Formats: the released EmoLabel/new_N_noise.txt and Erasing-Attention-Consistency's noise01..03.txt
-    ('train_00001.jpg 5', 1-based, like list_patition_label.txt) and Self-Cure-Network's 0.1noise_train.txt
-    ('train_00001_aligned.jpg 4' or a longer path to it, 0-based). Rule: the file is read as 0-based when any
-    image name ends with '_aligned.jpg' or any label is 0, otherwise as 1-based. Lines naming test images or
-    images absent from the clean training list are ignored; every clean training image must appear once.
-    """
-    entries = list(_read_pairs(path))
-    zero_based = any(name.endswith('_aligned.jpg') or label == 0 for _, name, label in entries)
-    low = 0 if zero_based else 1
-    wanted = set(train_names)
-    noisy = {}
-    for number, name, label in entries:
-        name = _rafdb_name(name)
-        if name not in wanted:
-            continue
-        if not low <= label < low + len(RAFDB_CLASSES):
-            raise UserError(f"{path} line {number}: label {label} is outside {low}..{low + 6} "
-                            f"(file read as {'0' if zero_based else '1'}-based by its format).")
-        if name in noisy:
-            raise UserError(f"{path} line {number}: {name} is listed twice; keep one label per training image.")
-        noisy[name] = label - low
-    for name in train_names:
-        if name not in noisy:
-            raise UserError(f"noise file {path} has no label for training image {name}; "
-                            f"it must list every training image of {RAFDB_LABEL_FILE}.")
-    return [noisy[name] for name in train_names]
-
-
-def _resolve_noise_file(root, noise, noise_file):
-    if noise_file is not None:
-        # EmoLabel/noise01.txt is naturally given relative to the dataset root.
-        for candidate in (Path(noise_file), Path(root) / noise_file):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"noise file {noise_file} not found (also looked under {root}); pass an existing label file.")
-    if noise not in NOISE_LEVELS:
-        raise UserError(f"noise level {noise} is not one of {NOISE_LEVELS}; use one of them or pass noise_file.")
-    if noise == 0:
-        return None
-    path = Path(root) / f'EmoLabel/new_{noise}_noise.txt'
-    if not path.is_file():
-        raise UserError(f"noise file {path} not found; create it with "
-                        f"'python data_loader.py make-noise --data {root} --rate {noise / 100}' or pass noise_file.")
-    return path
-
-
-def make_noise(data, rate, seed=0):
-    """Write EmoLabel/new_{100*rate}_noise.txt, exactly round(rate * n_train) training labels flipped; return its path.
-
-    Each flipped label moves uniformly to one of the six other classes; test lines and line order are unchanged.
-    """
-    if not 0 < rate < 1:
-        raise UserError(f"noise rate {rate} must lie strictly between 0 and 1, e.g. 0.1.")
-    label_path = Path(data) / RAFDB_LABEL_FILE
-    train_names, train_labels, _, _ = read_rafdb_list(label_path)
-    rng = np.random.default_rng(seed)
-    flipped = rng.choice(len(train_names), size=round(rate * len(train_names)), replace=False)
-    # An offset of 1..6 classes makes the new label uniform over the other six.
-    offsets = rng.integers(1, len(RAFDB_CLASSES), size=len(flipped))
-    noisy = {train_names[i]: (train_labels[i] + off) % len(RAFDB_CLASSES) for i, off in zip(flipped, offsets)}
-    lines = []
-    for _, name, label in _read_pairs(label_path):  # same order and format as the clean list
-        lines.append(f"{name} {noisy[name] + 1 if name in noisy else label}\n")
-    out = Path(data) / f'EmoLabel/new_{round(100 * rate)}_noise.txt'
-    tmp = out.with_name(out.name + f'.tmp{os.getpid()}')
-    tmp.write_text(''.join(lines), encoding='utf-8')
-    os.replace(tmp, out)
-    return out
-
-
 # ---------------------------------------------------------------- images and cache
 
 def decode_image(path, size):
@@ -169,6 +54,9 @@ def decode_image(path, size):
             return np.array(image, dtype=np.uint8)  # a writable copy, so torch.from_numpy accepts it
     except FileNotFoundError:
         raise UserError(f"image {path} is listed but missing; restore it or remove it from the label list.") from None
+    except Image.DecompressionBombError as e:
+        raise UserError(f"image {path} is too large to decode safely ({e}); "
+                        f"downscale it (a face crop of a few hundred pixels is plenty) or remove it.") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
         raise UserError(f"image {path} is corrupt or truncated ({e}); replace it with a readable image.") from None
     finally:
@@ -228,9 +116,9 @@ def load_images(paths, source_size=SOURCE_SIZE, workers=0, cache_dir=None, root=
             if cached['key'] == key and cached['images'].shape == (len(paths), 3, source_size, source_size):
                 log(f"loaded {len(paths)} images from cache {cache_file}")
                 return cached['images']
-        except (OSError, RuntimeError, KeyError, EOFError, TypeError) as e:
-            log(f"ignoring unreadable cache {cache_file} ({e})")
-        log(f"cache {cache_file} is out of date; decoding again")
+            log(f"cache {cache_file} is out of date; decoding again")
+        except Exception as e:  # noqa: BLE001 -- whatever is in the file, the images can be decoded again
+            log(f"warning: ignoring unreadable cache {cache_file} ({type(e).__name__}); decoding again")
 
     images = torch.empty((len(paths), 3, source_size, source_size), dtype=torch.uint8)
     start, report_every = time.time(), max(1000, len(paths) // 10)
@@ -261,72 +149,54 @@ def load_images(paths, source_size=SOURCE_SIZE, workers=0, cache_dir=None, root=
 
 # ---------------------------------------------------------------- datasets
 
-def _list_class_folder(folder, count):
-    classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith('.'))
-    if not count <= len(classes) <= len(AFFECTNET_CLASSES):
-        raise UserError(f"folder {folder} has {len(classes)} class folders, expected {len(AFFECTNET_CLASSES)} "
-                        f"(class001..class008; 7 without Contempt also do for the 7-class protocol).")
-    paths, labels = [], []
-    for label, class_dir in enumerate(classes[:count]):  # 7-class protocol drops the last folder, Contempt
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not files:
-            raise UserError(f"class folder {class_dir} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                            f"add images or remove the folder.")
-        paths += files
-        labels += [label] * len(files)
-    return paths, labels
-
-
 def check_root(name, root):
     """Refuse a dataset folder that does not exist (a synthetic one is generated there on first use)."""
     if name != 'synthetic' and not Path(root).is_dir():
         raise UserError(f"dataset root {root} does not exist; pass the folder that holds "
-                        f"{RAFDB_LABEL_FILE} (RAF-DB) or train_class/ and val_class/ (AffectNet).")
+                        f"{formats.RAFDB_LABEL_FILE} (RAF-DB) or train_class/ and val_class/ (AffectNet).")
 
 
 def load_dataset(name, root, noise=0, noise_file=None, affectnet_classes=8, source_size=SOURCE_SIZE,
                  workers=0, cache_dir=None, log=print):
     """Return (train, test) ImageSets for name in rafdb | affectnet | synthetic (a generated RAF-DB layout)."""
     root = Path(root)
-    if name == 'synthetic' and not (root / RAFDB_LABEL_FILE).is_file():
-        import synthetic  # lazy: synthetic imports make_noise from this module
+    if name == 'synthetic' and not (root / formats.RAFDB_LABEL_FILE).is_file():
         log(f"no dataset at {root}; generating a synthetic RAF-DB layout there")
-        synthetic.make_synthetic(str(root), layout='rafdb', seed=0)
+        import synthetic  # only here: the generator is not needed to read data
+        synthetic.make_synthetic(str(root), layout='rafdb', seed=0, log=log)
     check_root(name, root)
     load = lambda paths: load_images(paths, source_size, workers, cache_dir, root, log)
 
     if name in ('rafdb', 'synthetic'):
-        label_path = root / RAFDB_LABEL_FILE
-        train_names, train_labels, test_names, test_labels = read_rafdb_list(label_path)
-        noise_path = _resolve_noise_file(root, noise, noise_file)
+        train_names, train_labels, test_names, test_labels = formats.read_rafdb_list(root / formats.RAFDB_LABEL_FILE)
+        noise_path = formats.noise_file_path(root, noise, noise_file)
         if noise_path is not None:
             clean = train_labels
-            train_labels = read_noise_labels(noise_path, train_names)
+            train_labels = formats.read_noise_labels(noise_path, train_names)
             inside = noise_path.resolve().is_relative_to(root.resolve())
             shown = os.path.relpath(noise_path, root) if inside else noise_path
             differ = sum(a != b for a, b in zip(clean, train_labels))
             log(f"noise file {shown}: {differ} of {len(clean)} training labels differ from the clean list "
                 f"({100 * differ / max(len(clean), 1):.1f}%)")
-        image_path = lambda n: root / RAFDB_IMAGE_DIR / (n[:-len('.jpg')] + '_aligned.jpg')
         sets = [(train_names, train_labels), (test_names, test_labels)]
-        return tuple(ImageSet(load([image_path(n) for n in names]), torch.tensor(labels, dtype=torch.int64),
-                              list(RAFDB_CLASSES), str(root)) for names, labels in sets)
+        return tuple(ImageSet(load([formats.rafdb_image_path(root, n) for n in names]),
+                              torch.tensor(labels, dtype=torch.int64), list(formats.RAFDB_CLASSES), str(root))
+                     for names, labels in sets)
 
     if name == 'affectnet':
-        if affectnet_classes not in (7, 8):
-            raise UserError(f"affectnet_classes must be 7 (without Contempt) or 8, got {affectnet_classes}.")
-        for split in ('train_class', 'val_class'):
-            if not (root / split).is_dir():
-                raise UserError(f"folder {root / split} not found; an AffectNet root must hold "
-                                f"train_class/class001..class008 and val_class/class001..class008.")
-        out = []
-        for split in ('train_class', 'val_class'):  # AffectNet's validation set serves as the test set
-            paths, labels = _list_class_folder(root / split, affectnet_classes)
-            out.append(ImageSet(load(paths), torch.tensor(labels, dtype=torch.int64),
-                                AFFECTNET_CLASSES[:affectnet_classes], str(root)))
-        return tuple(out)
+        class_names = formats.AFFECTNET_CLASSES[:affectnet_classes]
+        return tuple(ImageSet(load(paths), torch.tensor(labels, dtype=torch.int64), list(class_names), str(root))
+                     for paths, labels in formats.list_affectnet(root, affectnet_classes))
     raise UserError(f"unknown dataset {name!r}; choose rafdb, affectnet or synthetic.")
 
+
+def load_from_args(args, log):
+    """(train, test) ImageSets for the dataset flags of cli.add_data_arguments."""
+    return load_dataset(args.dataset, args.data, noise=args.noise, noise_file=args.noise_file,
+                        affectnet_classes=args.affectnet_classes, workers=args.workers, log=log)
+
+
+# ---------------------------------------------------------------- splits
 
 def stratified_split(labels, train_portion=0.5, seed=0):
     """Split indices into two disjoint sorted LongTensors holding train_portion / the rest of every class.
@@ -502,6 +372,15 @@ class DeviceLoader:
             yield x, self.labels.index_select(0, order_device[batch])
 
 
+def check_batches(loader, what, fix):
+    """Stop a run at its start if `loader` would yield no batch: an epoch of no steps reports an untrained network,
+    and a loader cycled for batches would wait for one forever."""
+    if len(loader) == 0:
+        shard = f' ({loader._shard_size()} per process)' if loader.world_size > 1 else ''
+        raise UserError(f'{what} has {len(loader.labels)} images{shard}, fewer than one batch of --batch_size '
+                        f'{loader.batch_size}; {fix}')
+
+
 def measure_throughput(loader, epochs=1):
     """Images per second delivered by loader over whole epochs (waits for the device at the end)."""
     count, start = 0, time.perf_counter()
@@ -529,62 +408,20 @@ def main(argv=None):
     noise.add_argument('--data', required=True, help='RAF-DB root holding EmoLabel/list_patition_label.txt')
     noise.add_argument('--rate', type=float, required=True, help='fraction of training labels to flip, e.g. 0.1')
     noise.add_argument('--seed', type=int, default=0, help='random seed')
+    noise.add_argument('--overwrite', action='store_true', help='replace an existing noise file of that rate')
     args = parser.parse_args(argv)
     try:
         if args.command == 'make-synthetic':
-            import synthetic  # lazy: synthetic imports make_noise from this module
+            import synthetic  # only here: the generator is not needed to read data
             sizes = {k: v for k, v in (('n_train', args.train), ('n_test', args.test)) if v is not None}
             synthetic.make_synthetic(args.out, layout=args.layout, seed=args.seed, **sizes)  # reports what it wrote
         else:
-            print(f"wrote {make_noise(args.data, args.rate, args.seed)}")
+            path, flipped, total = formats.make_noise(args.data, args.rate, args.seed, overwrite=args.overwrite)
+            print(f"wrote {path}: {flipped} of {total} training labels flipped to another class "
+                  f"({100 * flipped / total:.1f}%), seed {args.seed}")
     except UserError as e:
         sys.exit(f"error: {e}")
 
 
 if __name__ == '__main__':
     main()
-
-
-DEFAULT_ROOTS = {'synthetic': 'data/synthetic-rafdb', 'rafdb': 'data/raf-basic', 'affectnet': 'data/AffectNet'}
-
-
-def default_root(dataset):
-    """Where the scripts look for a dataset when --data is not given."""
-    return DEFAULT_ROOTS[dataset]
-
-
-def image_size_argument(text):
-    from operations import check_image_size
-    try:
-        check_image_size(int(text))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return int(text)
-
-
-def add_data_arguments(parser):
-    """The dataset flags shared by train_search.py and train.py."""
-    parser.add_argument('--dataset', choices=['synthetic', 'rafdb', 'affectnet'], default='synthetic',
-                        help='synthetic is generated into --data on first use')
-    parser.add_argument('--data', default=None,
-                        help='dataset root (default: data/synthetic-rafdb, data/raf-basic or data/AffectNet)')
-    parser.add_argument('--noise', type=int, choices=NOISE_LEVELS, default=0,
-                        help='RAF-DB training-label noise in percent: reads EmoLabel/new_{N}_noise.txt')
-    parser.add_argument('--noise_file', default=None,
-                        help='explicit noisy training-label file (any of the three known formats)')
-    parser.add_argument('--affectnet_classes', type=int, choices=[7, 8], default=8, help='7 drops Contempt')
-    parser.add_argument('--image_size', type=image_size_argument, default=IMAGE_SIZE,
-                        help='network input size (a multiple of 4)')
-    parser.add_argument('--workers', type=int, default=2, help='processes decoding JPEGs on the first run (cached after)')
-
-
-def check_root_from_args(args):
-    """check_root for the dataset flags of add_data_arguments: run before a run folder is created."""
-    check_root(args.dataset, args.data or default_root(args.dataset))
-
-
-def load_from_args(args, log):
-    """(train, test) ImageSets for the dataset flags of add_data_arguments."""
-    return load_dataset(args.dataset, args.data or default_root(args.dataset), noise=args.noise,
-                        noise_file=args.noise_file, affectnet_classes=args.affectnet_classes, workers=args.workers,
-                        log=log)

@@ -3,7 +3,7 @@ import ast
 from collections import namedtuple
 
 from operations import OPS
-from utils import UserError
+from cli import UserError
 
 Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')
 

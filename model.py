@@ -2,8 +2,15 @@
 import torch
 import torch.nn as nn
 
-from operations import OPS, FactorizedReduce, Identity, ReLUConvBN, check_image_size
-from utils import drop_path
+from operations import OPS, FactorizedReduce, Identity, ReLUConvBN, check_image_size, reduction_cells, stem
+
+
+def drop_path(x, drop_prob):
+    """Zero whole samples of a branch with probability drop_prob and rescale the rest by 1 / (1 - drop_prob)
+    (DARTS drop-path)."""
+    keep_prob = 1. - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep_prob)
+    return x * mask.div_(keep_prob)
 
 
 class Cell(nn.Module):
@@ -69,22 +76,20 @@ class Network(nn.Module):
         self.drop_path_prob = 0.
 
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, C_curr, 3, padding=1, bias=False),
-            nn.BatchNorm2d(C_curr))
+        self.stem = stem(C_curr)
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()
         reduction_prev = False
         C_to_auxiliary = None
         for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
+            reduction = i in reduction_cells(layers)
             if reduction:
                 C_curr *= 2
             cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == 2 * layers // 3:
+            if i == reduction_cells(layers)[1]:
                 C_to_auxiliary = C_prev
         if auxiliary:
             self.auxiliary_head = AuxiliaryHead(C_to_auxiliary, num_classes)
@@ -98,7 +103,7 @@ class Network(nn.Module):
         s0 = s1 = self.stem(x)
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
-            if i == 2 * self._layers // 3 and self._auxiliary and self.training:
+            if i == reduction_cells(self._layers)[1] and self._auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1)), logits_aux

@@ -1,11 +1,31 @@
-"""Supernet with sequential partial-channel sampling, sigmoid op weights and softmax edge weights (paper Sec. 3.2-3.3)."""
+"""Supernet with sequential partial-channel sampling, sigmoid op weights and softmax edge weights (paper Sec. 3.2-3.3).
+
+How a cell runs its 14 edges (SPEC.md "Search cell"): as 4 edge groups, by the state the edges start from
+(edge_groups): the 8 edges from the two cell inputs, then the 3, 2 and 1 edges from intermediate nodes 0, 1, 2.
+All edges of a group have the same stride and their inputs are ready together, so a group is one MixedOp whose
+candidate ops are `edges` copies side by side on the channel axis (1x1 convolutions are grouped convolutions;
+depthwise convolutions and pools act per channel anyway). The numbers are those of one module per edge.
+
+The contract, in tensor layouts (N batch, C channels per node, c = C // k processed channels per edge):
+- MixedOp(sources, weights): `sources` holds the 1 or 2 states the group starts from, each (N, C, H, W); edge e
+  reads sources[e % len(sources)]; `weights` is (edges, ops) in the group's edge order. It returns every edge's
+  output, (N, edges, C, H', W'): per edge, its c processed channels then its C - c bypassed ones, channel-shuffled.
+- Cell.forward completes nodes across groups: group g's edges target nodes g .. steps-1 in order (times the number
+  of sources). Their weighted outputs are added to `pending` (N, nodes not yet complete, C, H, W); after each
+  group the first pending node is complete, becomes a state and is the next group's source.
+- Architecture parameters stay in DARTS' edge order (rows 0..13: node 0's edges, then node 1's, ...); per_group
+  reorders them into the groups' order with `group_order`.
+- State dicts keep DARTS' per-edge names: per_edge_state_dict splits each group tensor along dim 0 into its edges'
+  tensors (cells.N._ops.<edge>.<name>) and grouped_state_dict concatenates them back in edge_groups order, which
+  is the order of the channel blocks (edge e of a group owns block e of every op's channels).
+"""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from genotypes import PRIMITIVES, Genotype
-from operations import OPS, FactorizedReduce, ReLUConvBN, check_image_size
-from utils import UserError
+from operations import OPS, FactorizedReduce, ReLUConvBN, check_image_size, reduction_cells, stem
+from cli import UserError
 
 NONE_INDEX = PRIMITIVES.index('none')
 assert NONE_INDEX == 0, 'MixedOp skips the zero op by slicing the weights from index 1'
@@ -42,9 +62,7 @@ class MixedOp(nn.Module):
     """Partial-channel mixed op (paper Sec. 3.2) of `edges` edges with the same stride, run side by side.
 
     Per edge, the first 1/k of the input channels go through every candidate op and are summed with the op weights;
-    the rest bypass the ops; both are concatenated and channel-shuffled. Edge e owns the e-th block of channels of
-    every op here (its 1x1 convolutions are groups of grouped convolutions), so a cell runs 4 wide ops instead of
-    14 narrow ones: the same numbers with about a third of the kernel launches (see Cell)."""
+    the rest bypass the ops; both are concatenated and channel-shuffled (layouts: the module docstring)."""
 
     def __init__(self, C, stride, k=4, edges=1):
         super().__init__()
@@ -61,8 +79,6 @@ class MixedOp(nn.Module):
             self._ops.append(op)
 
     def forward(self, sources, weights):
-        """sources: the 1 or 2 states the edges start from, edge e reading sources[e % len(sources)];
-        weights: (edges, ops) op weights. Returns every edge's output, (N, edges, C, H, W)."""
         C = sources[0].shape[1]
         c = C // self.k
         per_source = self.edges // len(sources)
@@ -160,14 +176,12 @@ class Network(nn.Module):
         self.k = k
 
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, C_curr, 3, padding=1, bias=False),
-            nn.BatchNorm2d(C_curr))
+        self.stem = stem(C_curr)
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()
         reduction_prev = False
         for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
+            reduction = i in reduction_cells(layers)
             if reduction:
                 C_curr *= 2
             cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, k, self.mixed_op)
@@ -186,14 +200,20 @@ class Network(nn.Module):
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, len(PRIMITIVES)))
         self.betas_normal = nn.Parameter(1e-3 * torch.randn(num_edges))
         self.betas_reduce = nn.Parameter(1e-3 * torch.randn(num_edges))
-        self._arch_names = ('alphas_normal', 'alphas_reduce', 'betas_normal', 'betas_reduce')
+
+    ARCH_PARAMETERS = ('alphas_normal', 'alphas_reduce', 'betas_normal', 'betas_reduce')  # DARTS' order
 
     def arch_parameters(self):
-        return [self.alphas_normal, self.alphas_reduce, self.betas_normal, self.betas_reduce]
+        """The architecture parameters, what the architecture optimizer updates."""
+        return [getattr(self, name) for name in self.ARCH_PARAMETERS]
+
+    def named_weight_parameters(self):
+        """(name, parameter) of every parameter except the architecture ones: what the weight optimizer updates.
+        With arch_parameters() they are all the parameters, each once."""
+        return [(name, p) for name, p in self.named_parameters() if name not in self.ARCH_PARAMETERS]
 
     def weight_parameters(self):
-        """Every parameter except the architecture ones: what the weight optimizer updates."""
-        return [p for name, p in self.named_parameters() if name not in self._arch_names]
+        return [p for _, p in self.named_weight_parameters()]
 
     def edge_weights(self, betas):
         """Softmax of the edge parameters over each node's incoming edges."""

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import UserError
+from cli import UserError
 
 # Every constructor takes (C, stride, affine, groups=1). With groups > 1 it builds `groups` independent copies of
 # the op side by side on the channel axis (C channels in all, C // groups per copy; 1x1 convolutions become grouped
@@ -115,6 +115,16 @@ class FactorizedReduce(nn.Module):
         # each copy's output is its own even half followed by its odd half
         return self.bn(torch.stack([even.unflatten(1, (groups, -1)), odd.unflatten(1, (groups, -1))], dim=2)
                        .flatten(1, 3))
+
+
+def stem(C_out):
+    """The DARTS networks' stem: a 3x3 convolution of the RGB image and BatchNorm."""
+    return nn.Sequential(nn.Conv2d(3, C_out, 3, padding=1, bias=False), nn.BatchNorm2d(C_out))
+
+
+def reduction_cells(layers):
+    """Indices of the two reduction cells, at 1/3 and 2/3 of the network (both DARTS networks)."""
+    return layers // 3, 2 * layers // 3
 
 
 def check_image_size(image_size):

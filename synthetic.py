@@ -8,7 +8,8 @@ from multiprocessing import Pool
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from utils import UserError
+from cli import UserError
+from formats import AFFECTNET_CLASSES, RAFDB_CLASSES, RAFDB_LABEL_FILE, make_noise, rafdb_image_path
 
 # (n_train, n_test) of the demo set: enough for the demo to pass 80% test accuracy, few enough to generate in seconds.
 DEMO_SIZE = (3000, 1000)
@@ -19,9 +20,7 @@ NOISE_RATES = (0.1, 0.2, 0.3)     # RAF-DB's new_10/20/30_noise.txt
 WORKERS = 2                       # the demo machine's cores
 CHUNK = 100                       # images per pool task: small enough to keep both workers busy to the end
 
-RAFDB_CLASSES = ('Surprise', 'Fear', 'Disgust', 'Happiness', 'Sadness', 'Anger', 'Neutral')
 RAFDB_COUNTS = {'train': (1290, 281, 717, 4772, 1982, 705, 2524), 'test': (329, 74, 160, 1185, 478, 162, 680)}
-AFFECTNET_CLASSES = ('Neutral', 'Happiness', 'Sadness', 'Surprise', 'Fear', 'Disgust', 'Anger', 'Contempt')
 # AffectNet's manually annotated 8-class training set (287,651 images); its validation set is balanced, 500 per class.
 AFFECTNET_COUNTS = {'train': (74874, 134415, 25459, 14090, 6378, 3803, 24882, 3750), 'val': (500,) * 8}
 
@@ -92,7 +91,7 @@ def make_synthetic(out, layout='rafdb', n_train=None, n_test=None, seed=0, log=p
         for i, label in enumerate(labels, start=1):
             if layout == 'rafdb':
                 name = f'{split}_{i:05d}' if split == 'train' else f'{split}_{i:04d}'
-                path = os.path.join(tmp, 'Image', 'aligned', f'{name}_aligned.jpg')
+                path = str(rafdb_image_path(tmp, f'{name}.jpg'))
                 label_lines.append(f'{name}.jpg {label + 1}\n')
             else:
                 # Numbered across both splits, so that every file name is unique as in AffectNet.
@@ -109,10 +108,10 @@ def make_synthetic(out, layout='rafdb', n_train=None, n_test=None, seed=0, log=p
         for chunk in chunks:
             render_chunk(chunk)
     if layout == 'rafdb':
-        os.makedirs(os.path.join(tmp, 'EmoLabel'))
-        with open(os.path.join(tmp, 'EmoLabel', 'list_patition_label.txt'), 'w') as f:
+        label_file = os.path.join(tmp, RAFDB_LABEL_FILE)
+        os.makedirs(os.path.dirname(label_file))
+        with open(label_file, 'w') as f:
             f.writelines(label_lines)
-        from data_loader import make_noise  # lazy: data_loader imports torch, which generation does not need
         for rate in NOISE_RATES:
             make_noise(tmp, rate, seed=seed)
     os.replace(tmp, out)

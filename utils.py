@@ -1,13 +1,15 @@
-"""Shared helpers: errors, devices, seeding, metrics, checkpoints, experiment folders, logging, model statistics."""
-import argparse
+"""What train_search.py and train.py share: the runtime (device, processes, seeds, precision), the run folder (log,
+arguments, checkpoints, resume), one epoch with its progress and metrics, and model statistics."""
+import contextlib
 import json
-import logging
 import os
 import platform
 import random
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -15,93 +17,27 @@ import torch.distributed as dist
 # when first imported (DistributedDataParallel imports it through torch._dynamo). Imported after init_process_group,
 # it would keep the group, and so Gloo's worker threads, alive until interpreter shutdown (see run_main).
 import torch.distributed.nn  # noqa: F401
+import torch.nn.functional as F
+
+import cli
+from cli import UserError
 
 
-class UserError(ValueError):
-    """A problem the user can fix (bad path, malformed file, bad flag); scripts print it without a traceback."""
+# ==========================================================================================================
+# Runtime: device, distributed processes, seeds, precision, compilation
 
-
-def run_main(main):
-    """Run a script's main(), turning a UserError into one line on stderr and exit status 2.
-
-    After a successful run under torchrun, free the process group before Python shuts down: its destructor joins
-    Gloo's worker threads. A worker still releasing an all-reduced tensor during interpreter shutdown aborts the
-    process (SIGABRT), and torchrun fails the whole run. Only on success: after an error the other processes may
-    still be inside a collective.
-    """
-    try:
-        main()
-    except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# What both scripts do before their own work
-
-def add_optimizer_arguments(parser):
-    """The SGD flags that train_search.py and train.py share, with the paper's (and released code's) defaults."""
-    parser.add_argument('--batch_size', type=int, default=64, help='batch size (per process under torchrun)')
-    parser.add_argument('--learning_rate', type=float, default=0.1, help='init learning rate')
-    parser.add_argument('--learning_rate_min', type=float, default=0.0, help='min learning rate of the cosine schedule')
-    parser.add_argument('--momentum', type=float, default=0.9, help='momentum')
-    parser.add_argument('--weight_decay', type=float, default=3e-4, help='weight decay')
-    parser.add_argument('--grad_clip', type=float, default=5, help='gradient clipping')
-    parser.add_argument('--report_freq', type=int, default=50, help='report frequency (steps)')
-
-
-def add_runtime_arguments(parser, channels_last):
-    """Device, precision and resume flags shared by train_search.py and train.py.
-
-    channels_last: the script's default memory format. The discrete network is faster channels-last on CPU and
-    GPU; the supernet's channel slicing and shuffling make it slower there, so search defaults to NCHW."""
-    parser.add_argument('--gpu', type=int, default=None, help='CUDA device id for single-process runs (default: current)')
-    parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='where to run')
-    parser.add_argument('--deterministic', action='store_true', help='repeatable CUDA runs (slower: no cuDNN autotuning)')
-    parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
-    parser.add_argument('--compile', action='store_true', help='torch.compile the network (falls back to eager)')
-    parser.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=channels_last,
-                        help='channels-last memory format')
-    parser.add_argument('--resume', default=None, help='checkpoint.pt or run folder to continue')
-
-
-def start_run(args, prefix):
-    """Resume or create the run folder, pick the device, open the log, record what produced the run, seed.
-
-    On --resume every flag comes from the checkpoint except where to run and how to report.
-    Returns (args, checkpoint or None, run folder, log function, device, rank, world size)."""
-    checkpoint = save_dir = None
-    if args.resume:
-        checkpoint, save_dir = load_checkpoint(args.resume)
-        keep = {name: getattr(args, name) for name in ('resume', 'device', 'gpu', 'workers', 'report_freq')}
-        args = type(args)(**{**checkpoint['args'], **keep})
-    if args.gpu is not None and torch.cuda.is_available():
-        torch.cuda.set_device(args.gpu)
-    device, rank, world_size = init_distributed(args.device)
-    if checkpoint is None and rank == 0:
-        save_dir = create_exp_dir(prefix, args.save, args.dataset)
-    log = get_logger(save_dir, rank == 0)
-    for line in environment_lines(device):
-        log(line)
-    log(f'args = {vars(args)}' + (f' (resumed from {args.resume})' if args.resume else ''))
-    if rank == 0:
-        write_json(os.path.join(save_dir, 'args.json'), vars(args))
-    set_seed(args.seed, args.deterministic)
-    return args, checkpoint, save_dir, log, device, rank, world_size
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Devices, distributed processes, seeds
-
-def init_distributed(device_name):
+def init_distributed(device_name, gpu=None):
     """Pick the device; under torchrun (RANK set) join the process group. Returns (device, rank, world_size)."""
     if device_name == 'cuda' and not torch.cuda.is_available():
         raise UserError('--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu')
     use_cuda = device_name == 'cuda' or (device_name == 'auto' and torch.cuda.is_available())
     if 'RANK' not in os.environ:
-        return torch.device('cuda' if use_cuda else 'cpu'), 0, 1
+        if use_cuda and gpu is not None:
+            if gpu >= torch.cuda.device_count():
+                raise UserError(f'--gpu {gpu}: PyTorch sees {torch.cuda.device_count()} CUDA device(s), 0..'
+                                f'{torch.cuda.device_count() - 1}')
+            torch.cuda.set_device(gpu)
+        return torch.device('cuda', torch.cuda.current_device()) if use_cuda else torch.device('cpu'), 0, 1
     local_rank = int(os.environ.get('LOCAL_RANK', 0))
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -152,8 +88,9 @@ def set_rng_states(states):
         torch.cuda.set_rng_state_all(states['cuda'])
 
 
-def autocast_settings(device, enabled):
-    """(dtype, needs_grad_scaler) for --amp: bf16 where the device supports it, else fp16 with a scaler."""
+def amp_settings(device, enabled):
+    """(autocast dtype or None, whether a gradient scaler is needed) for --amp: bf16 where the device supports it,
+    else fp16 with loss scaling."""
     if not enabled:
         return None, False
     if device.type == 'cpu' or torch.cuda.is_bf16_supported():
@@ -161,123 +98,145 @@ def autocast_settings(device, enabled):
     return torch.float16, True
 
 
+def autocast(device, dtype):
+    """Mixed precision in `dtype` on `device`; full precision when dtype is None."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 def maybe_compile(model, example, log):
-    """torch.compile the model, falling back to eager with a warning if compilation fails on `example`."""
+    """torch.compile `model`, or keep it eager (with a warning) if compiling it fails on the batch `example`.
+
+    The warm-up compiles the training and the evaluation graphs and leaves no trace: BatchNorm statistics, the
+    random number generators (drop-path, random channel sampling) and the mode are restored afterwards, so a
+    compiled run computes what an eager one does, and resumes exactly."""
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    rng, training = rng_states(), model.training
     try:
         compiled = torch.compile(model)
-        compiled(example)
-        return compiled
-    except Exception as e:  # compilers fail in many ways; eager always works
+        model.train()
+        compiled(example)  # with gradients enabled: compiles the backward graph too
+        model.eval()
+        with torch.no_grad():
+            compiled(example)
+    except Exception as e:  # noqa: BLE001 -- compilers fail in many ways; eager always works
         log(f'warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); running eagerly')
-        return model
+        compiled = model
+    finally:
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+        set_rng_states(rng)
+        model.train(training)
+    return compiled
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Metrics: a confusion matrix accumulated on the device, read once at the report line
-
-class ConfusionMatrix:
-    def __init__(self, num_classes, device):
-        self.num_classes = num_classes
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
-
-    def update(self, logits, targets):
-        predictions = logits.argmax(dim=1)
-        # scatter_add_ rather than bincount: bincount on CUDA reads the maximum back to the host every step.
-        cells = targets * self.num_classes + predictions
-        self.matrix.view(-1).scatter_add_(0, cells, torch.ones_like(cells))
-
-    def all_reduce(self):
-        all_reduce_([self.matrix], average=False)
-
-    def compute(self):
-        """Accuracy and macro precision/recall/F1 in percent; rows are true classes, columns predictions."""
-        m = self.matrix.double().cpu()
-        true_positives = m.diag()
-        support, predicted = m.sum(1), m.sum(0)
-        precision = torch.where(predicted > 0, true_positives / predicted.clamp(min=1), torch.zeros(()))
-        recall = torch.where(support > 0, true_positives / support.clamp(min=1), torch.zeros(()))
-        f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
-                         torch.zeros(()))
-        total = m.sum().clamp(min=1)
-        return {'accuracy': 100 * (true_positives.sum() / total).item(),
-                'precision': 100 * precision.mean().item(),
-                'recall': 100 * recall.mean().item(),
-                'f1': 100 * f1.mean().item(),
-                'per_class_accuracy': (100 * recall).tolist(),
-                'confusion_matrix': self.matrix.cpu().tolist()}
+def unwrap(model):
+    """The plain module under DistributedDataParallel and torch.compile wrappers, for saving."""
+    model = getattr(model, 'module', model)
+    return getattr(model, '_orig_mod', model)
 
 
-class LossMeter:
-    """Sum of per-sample losses on the device; also remembers whether any loss was not finite."""
+# ==========================================================================================================
+# The run folder: log, arguments, checkpoints, resume
 
-    def __init__(self, device):
-        self.total = torch.zeros((), dtype=torch.float64, device=device)
-        self.count = torch.zeros((), dtype=torch.float64, device=device)
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+class Log:
+    """Log lines to stdout and to the run folder's log.txt, in the released format; only process 0 logs.
 
-    def update(self, loss, n):
-        loss = loss.detach()
-        self.total += loss.double() * n
-        self.count += n
-        self.nonfinite |= ~torch.isfinite(loss)
+    Lines logged before the folder exists (data loading, model size) are written into log.txt when it is attached,
+    so a run that stops on bad input before its folder exists leaves no folder behind."""
 
-    def all_reduce(self):
-        totals = torch.stack([self.total, self.count, self.nonfinite.double()])
-        all_reduce_([totals], average=False)
-        self.total, self.count, self.nonfinite = totals[0], totals[1], totals[2] > 0
+    TIME_FORMAT = '%m/%d %I:%M:%S %p'
 
-    def average(self):
-        return (self.total / self.count.clamp(min=1)).item()
+    def __init__(self, enabled=True):
+        self.enabled, self.folder, self.file, self.pending = enabled, None, None, []
 
-
-def check_finite(meter, where):
-    """Stop the run (the last checkpoint stays valid) if a loss was NaN or infinite."""
-    if meter.nonfinite.item():
-        raise UserError(f'the loss became non-finite during {where}; the last checkpoint is kept. '
-                        f'Try a lower --learning_rate, a smaller --grad_clip, or run without --amp')
-
-
-class Progress:
-    """Progress line every `report_freq` steps: loss, accuracy, images/s and ETA (the only host syncs)."""
-
-    def __init__(self, log, prefix, total_steps, batch_size, report_freq):
-        self.log, self.prefix, self.total_steps = log, prefix, total_steps
-        self.batch_size, self.report_freq = batch_size, report_freq
-        self.start = time.perf_counter()
-
-    def step(self, step, loss_meter, matrix):
-        if step % self.report_freq and step != self.total_steps - 1:
+    def __call__(self, message, to_file=True):
+        """Log a line; to_file=False keeps it on the console (frequent progress lines)."""
+        if not self.enabled:
             return
-        elapsed = time.perf_counter() - self.start
-        images_per_second = (step + 1) * self.batch_size / max(elapsed, 1e-9)
-        eta = elapsed / (step + 1) * (self.total_steps - step - 1)
-        m = matrix.matrix
-        accuracy = 100 * (m.diag().sum() / m.sum().clamp(min=1)).item()
-        self.log(f'{self.prefix} {step:03d}/{self.total_steps} loss {loss_meter.average():.4e} acc {accuracy:.2f} '
-                 f'{images_per_second:.1f} img/s eta {eta:.0f}s')
+        line = f'{time.strftime(self.TIME_FORMAT)} {message}'
+        print(line, flush=True)
+        if to_file:
+            self._write(line)
+
+    def _write(self, line):
+        if self.file is None:
+            self.pending.append(line)
+        else:
+            self.file.write(line + '\n')
+            self.file.flush()
+
+    def attach(self, folder):
+        """Start writing into folder/log.txt (appending on resume), with the lines logged so far."""
+        self.folder = folder
+        self.file = open(os.path.join(folder, 'log.txt'), 'a')
+        for line in self.pending:
+            self._write(line)
+        self.pending = []
+
+    def error(self, message):
+        """The line a run stops with: on stderr (from every process, which may fail alone) and, once the folder
+        exists, last in log.txt."""
+        rank = int(os.environ.get('RANK', 0))
+        print(f'error{f" (process {rank})" if rank else ""}: {message}', file=sys.stderr, flush=True)
+        if self.enabled and self.file is not None:
+            with contextlib.suppress(OSError):  # the error may be a full disk
+                self._write(f'{time.strftime(self.TIME_FORMAT)} error: {message}')
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Experiment folders, logs, checkpoints
-
-def create_exp_dir(prefix, save, dataset):
-    path = f'{prefix}-{save}-{dataset}-{time.strftime("%Y%m%d-%H%M%S")}'
-    os.makedirs(path, exist_ok=True)
-    return path
+FAILED_MARKER = 'FAILED'  # a file in the run folder of a run that stopped with an error; it holds the error
 
 
-def get_logger(path, enabled=True):
-    """Log lines to stdout and path/log.txt (appending on resume), released format; silent if not enabled."""
-    logger = logging.getLogger(f'gla_fernet.{path}')
-    logger.handlers.clear()
-    logger.propagate = False
-    logger.setLevel(logging.INFO if enabled else logging.CRITICAL)
-    if enabled:
-        formatter = logging.Formatter('%(asctime)s %(message)s', datefmt='%m/%d %I:%M:%S %p')
-        for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(os.path.join(path, 'log.txt'))):
-            handler.setFormatter(formatter)
-            logger.addHandler(handler)
-    return logger.info
+def run_main(main, args):
+    """Run a script's main(args, log), turning an error into one line and an exit status.
+
+    A UserError (and running out of memory) prints one line and exits with status 2; a run that had a folder
+    records the error in its log.txt and a FAILED file, so that it is never mistaken for a finished run.
+    Ctrl-C says whether --resume can continue the run. After a successful run under torchrun, the process group is
+    freed before Python shuts down: its destructor joins Gloo's worker threads, and a worker still releasing an
+    all-reduced tensor during interpreter shutdown would abort the process (SIGABRT), failing the whole run. Only
+    on success: after an error the other processes may still be inside a collective."""
+    log = Log(enabled=int(os.environ.get('RANK', 0)) == 0)
+    try:
+        main(args, log)
+    except KeyboardInterrupt:
+        has_checkpoint = log.folder and os.path.isfile(os.path.join(log.folder, 'checkpoint.pt'))
+        log.error('interrupted; ' + (f'continue with --resume {log.folder}' if has_checkpoint else
+                                     'no checkpoint had been written yet'))
+        sys.exit(130)
+    except (UserError, torch.OutOfMemoryError) as e:
+        message = str(e) if isinstance(e, UserError) else (
+            f'out of memory on the device ({str(e).splitlines()[0]}); lower --batch_size or use --amp')
+        log.error(message)
+        _mark_failed(log, message)
+        sys.exit(2)
+    except BaseException as e:  # a bug: keep the traceback, but never leave the folder looking unfinished
+        if not isinstance(e, SystemExit):
+            _mark_failed(log, f'{type(e).__name__}: {e}')
+        raise
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _mark_failed(log, message):
+    if log.enabled and log.folder is not None:
+        with contextlib.suppress(OSError):
+            with open(os.path.join(log.folder, FAILED_MARKER), 'w') as f:
+                f.write(message + '\n')
+
+
+def create_run_folder(prefix, save, dataset):
+    """A new folder `prefix-save-dataset-time`; runs started in the same second get -2, -3, ... (mkdir is atomic,
+    so two runs never share a folder)."""
+    base = f'{prefix}-{save}-{dataset}-{time.strftime("%Y%m%d-%H%M%S")}'
+    for n in range(1, 10_000):
+        path = base if n == 1 else f'{base}-{n}'
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f'could not create a new run folder next to {base}; remove old run folders')
 
 
 def environment_lines(device):
@@ -310,50 +269,329 @@ def git_commit():
     return commit.stdout.strip() + (' (with uncommitted changes)' if dirty.stdout.strip() else '')
 
 
-def write_json(path, data):
+def atomic_write(path, write):
+    """write(tmp) then rename tmp to path: a kill or a full disk never leaves `path` half-written.
+
+    On a failed write (disk full, permissions) the partial file is removed and the error says that the previous
+    `path`, if any, is intact."""
     tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        previous = (f'the previous {os.path.basename(path)} is intact' if os.path.exists(path)
+                    else f'there was no earlier {os.path.basename(path)}')
+        raise UserError(f'could not write {path} ({reason}); {previous}, and the partial {tmp} was removed. '
+                        f'Free some disk space (or fix the folder\'s permissions), then continue with --resume') from None
+
+
+def write_json(path, data):
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(data, f, indent=2)
+    atomic_write(path, write)
 
 
 def save_checkpoint(state, path):
-    """torch.save to a temporary file, then rename: a run killed mid-write never corrupts the last checkpoint."""
-    tmp = f'{path}.tmp'
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path):
-    """Load a checkpoint file, or the checkpoint.pt inside a run folder."""
+def load_checkpoint(path, kind):
+    """The checkpoint file at path (or inside the run folder path) of a `kind` run, and its folder."""
     if os.path.isdir(path):
         path = os.path.join(path, 'checkpoint.pt')
     if not os.path.isfile(path):
-        raise UserError(f'cannot resume: {path} does not exist (give a checkpoint.pt or the run folder holding it)')
+        raise UserError(f'cannot resume: {path} does not exist (give a run folder holding checkpoint.pt, or the file); '
+                        f'a run that stopped before its first epoch ended has none: start it again')
     try:
-        return torch.load(path, map_location='cpu', weights_only=True), os.path.dirname(os.path.abspath(path))
-    except Exception as e:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- whatever is in the file, it is not a checkpoint we can use
         raise UserError(f'cannot resume: {path} is not a readable checkpoint ({type(e).__name__}: {e})') from None
+    if not isinstance(checkpoint, dict) or 'args' not in checkpoint or 'epoch' not in checkpoint:
+        raise UserError(f'cannot resume: {path} is not a checkpoint of this repository (a weights file?); '
+                        f'give the run folder of train.py or train_search.py')
+    found = checkpoint.get('kind', 'search' if 'arch_optimizer' in checkpoint else 'eval')
+    if found != kind:
+        script = {'search': 'train_search.py', 'eval': 'train.py'}
+        raise UserError(f'cannot resume: {path} belongs to a {script[found]} run; resume it with '
+                        f'python {script[found]} --resume {os.path.dirname(os.path.abspath(path))}')
+    return checkpoint, os.path.dirname(os.path.abspath(path))
 
 
-def unwrap(model):
-    """The plain module under DistributedDataParallel and torch.compile wrappers, for saving."""
-    model = getattr(model, 'module', model)
-    return getattr(model, '_orig_mod', model)
+def nonfinite_entries(state_dict):
+    """Names of the floating-point tensors of a state dict that hold NaN or infinity (one host sync)."""
+    floats = [(name, t) for name, t in state_dict.items() if t.is_floating_point()]
+    if not floats:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floats]).tolist()
+    return [name for (name, _), ok in zip(floats, finite) if not ok]
 
 
-# ----------------------------------------------------------------------------------------------------------
+class Run:
+    """A run of one script, `kind` 'search' or 'eval': its arguments, folder, checkpoints and resume.
+
+    Only process 0 writes. Each epoch ends with run.save (after the script wrote its results), so checkpoint.pt is
+    the last file written: whatever a run holds up to its checkpoint's epoch is complete."""
+
+    def __init__(self, kind, parser, args, log):
+        """Take the run's arguments (with --resume: the checkpoint's, see cli.resumed_args), join the processes
+        under torchrun, pick the device; then, unless the resumed run is complete, log the environment and seed."""
+        self.kind, self.log = kind, log
+        self.folder = self.checkpoint = None
+        self.saved_epoch, self.checked_epoch = 0, None
+        if args.resume:
+            self.checkpoint, self.folder = load_checkpoint(args.resume, kind)
+            args = cli.resumed_args(parser, self.checkpoint['args'])
+            self.saved_epoch = self.checkpoint['epoch']
+        self.args = args
+        self.device, self.rank, self.world_size = init_distributed(args.device, args.gpu)
+        if self.complete:
+            log(f'{self.folder} is complete: its {args.epochs} epochs were run; nothing to do', to_file=False)
+            return
+        for line in environment_lines(self.device):
+            log(line)
+        set_seed(args.seed, args.deterministic)
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def complete(self):
+        """Resuming a run that already did all its epochs (then nothing is to be done)."""
+        return self.checkpoint is not None and self.checkpoint['epoch'] >= self.args.epochs
+
+    def path(self, name):
+        return os.path.join(self.folder, name)
+
+    def start(self):
+        """Create the run folder (or reopen the resumed one), attach log.txt, record the arguments."""
+        if self.is_main:
+            if self.folder is None:
+                self.folder = create_run_folder(self.kind, self.args.save, self.args.dataset)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path(FAILED_MARKER))  # a resumed run is no longer failed
+            self.log.attach(self.folder)
+            write_json(self.path('args.json'), vars(self.args))
+        self.log(f'args = {vars(self.args)}' + (f' (resumed from {self.args.resume})' if self.args.resume else ''))
+
+    def restore(self, stateful, best):
+        """Load model, optimizers, schedulers... (name -> object with load_state_dict) and the random generators
+        from the checkpoint when resuming. Returns (first epoch to run, best-epoch record)."""
+        if self.checkpoint is None:
+            return 0, best
+        for name, obj in stateful.items():
+            obj.load_state_dict(self.checkpoint[name])
+        set_rng_states(self.checkpoint['rng'])
+        self.log(f'resumed at epoch {self.checkpoint["epoch"]}')
+        return self.checkpoint['epoch'], self.checkpoint['best']
+
+    def _checkpoint_note(self):
+        if self.saved_epoch == 0:
+            return 'no checkpoint had been written yet'
+        return f'the checkpoint after epoch {self.saved_epoch - 1} in {self.folder or "the run folder"} is intact'
+
+    def check_loss(self, meter, where):
+        """Stop the run if a loss was NaN or infinite."""
+        if meter.nonfinite.item():
+            raise UserError(f'the loss became non-finite during {where}; nothing of it was saved and '
+                            f'{self._checkpoint_note()}. Start a new run with a lower --learning_rate, a smaller '
+                            f'--grad_clip or without --amp')
+
+    def check_weights(self, model, epoch):
+        """Stop the run, saving nothing, if a parameter or buffer (BatchNorm statistics) of the model is not finite.
+        Required before each save."""
+        bad = nonfinite_entries(model.state_dict())
+        if bad:
+            raise UserError(f'after epoch {epoch} the network holds non-finite values ({", ".join(bad[:3])}'
+                            f'{f" and {len(bad) - 3} more" if len(bad) > 3 else ""}); nothing of this epoch was saved '
+                            f'and {self._checkpoint_note()}. Start a new run with a lower --learning_rate, a smaller '
+                            f'--grad_clip or without --amp')
+        self.checked_epoch = epoch
+
+    def save(self, epoch, best, stateful, **extra):
+        """After epoch `epoch`: weights.pt (the model's state dict) and checkpoint.pt (everything resume needs)."""
+        assert self.checked_epoch == epoch, 'check_weights(model, epoch) must come before save'
+        if self.is_main:
+            states = {name: obj.state_dict() for name, obj in stateful.items()}
+            save_checkpoint(states['model'], self.path('weights.pt'))
+            save_checkpoint({'kind': self.kind, 'epoch': epoch + 1, 'best': best, **states, 'rng': rng_states(),
+                             'args': vars(self.args), **extra}, self.path('checkpoint.pt'))
+        self.saved_epoch = epoch + 1
+
+
+def tensorboard_writer(run):
+    """A TensorBoard writer into the run folder (process 0 only; None elsewhere)."""
+    if not run.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter  # slow to import, and only process 0 needs it
+    return SummaryWriter(run.path('tensorboard'))
+
+
+def log_scalars(writer, step, **scalars):
+    if writer is not None:
+        for name, value in scalars.items():
+            writer.add_scalar(name, value, step)
+
+
+# ==========================================================================================================
+# One epoch: weight updates, progress and metrics (kept on the device, read once at a report line)
+
+class ConfusionMatrix:
+    def __init__(self, num_classes, device):
+        self.num_classes = num_classes
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+
+    def update(self, logits, targets):
+        predictions = logits.argmax(dim=1)
+        # scatter_add_ rather than bincount: bincount on CUDA reads the maximum back to the host every step.
+        cells = targets * self.num_classes + predictions
+        self.matrix.view(-1).scatter_add_(0, cells, torch.ones_like(cells))
+
+    def all_reduce(self):
+        all_reduce_([self.matrix], average=False)
+
+    def accuracy(self):
+        """Accuracy in percent (one host sync)."""
+        return 100 * (self.matrix.diag().sum() / self.matrix.sum().clamp(min=1)).item()
+
+    def compute(self):
+        """Accuracy, balanced accuracy (mean recall over the classes present) and macro precision/recall/F1, in
+        percent; rows are true classes, columns predictions. A class never predicted has precision 0."""
+        m = self.matrix.double().cpu()
+        true_positives = m.diag()
+        support, predicted = m.sum(1), m.sum(0)
+        precision = torch.where(predicted > 0, true_positives / predicted.clamp(min=1), torch.zeros(()))
+        recall = torch.where(support > 0, true_positives / support.clamp(min=1), torch.zeros(()))
+        f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
+                         torch.zeros(()))
+        total = m.sum().clamp(min=1)
+        return {'accuracy': 100 * (true_positives.sum() / total).item(),
+                'balanced_accuracy': 100 * recall[support > 0].mean().nan_to_num().item(),
+                'precision': 100 * precision.mean().item(),
+                'recall': 100 * recall.mean().item(),
+                'f1': 100 * f1.mean().item(),
+                'per_class_accuracy': (100 * recall).tolist(),
+                'confusion_matrix': self.matrix.cpu().tolist()}
+
+
+class LossMeter:
+    """Sum of per-sample losses on the device; also remembers whether any loss was not finite."""
+
+    def __init__(self, device):
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+
+    def update(self, loss, n):
+        loss = loss.detach()
+        self.total += loss.double() * n
+        self.count += n
+        self.nonfinite |= ~torch.isfinite(loss)
+
+    def all_reduce(self):
+        totals = torch.stack([self.total, self.count, self.nonfinite.double()])
+        all_reduce_([totals], average=False)
+        self.total, self.count, self.nonfinite = totals[0], totals[1], totals[2] > 0
+
+    def average(self):
+        return (self.total / self.count.clamp(min=1)).item()
+
+
+def duration(seconds):
+    seconds = int(seconds)
+    return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+class Progress:
+    """Progress lines of an epoch: every `report_freq` steps in the log, and on the console at least every
+    REPORT_SECONDS, with images/s and the time left in the epoch and in the run. Reading the loss and accuracy
+    syncs with the device, so lines are only made here."""
+
+    REPORT_SECONDS = 30
+
+    def __init__(self, log, prefix, loader, report_freq, epoch, epochs, clock=time.perf_counter):
+        self.log, self.prefix, self.report_freq, self.clock = log, prefix, report_freq, clock
+        self.steps, self.images_per_step = len(loader), loader.batch_size * loader.world_size
+        self.steps_left_after_epoch = (epochs - epoch - 1) * self.steps
+        self.start = self.last = clock()
+
+    def __call__(self, step, loss_meter, matrix):
+        now = self.clock()
+        by_step = step % self.report_freq == 0 or step == self.steps - 1
+        if not by_step and now - self.last < self.REPORT_SECONDS:
+            return
+        self.last = now
+        seconds_per_step = (now - self.start) / (step + 1)
+        epoch_left = seconds_per_step * (self.steps - step - 1)
+        run_left = epoch_left + seconds_per_step * self.steps_left_after_epoch
+        self.log(f'{self.prefix} {step:03d}/{self.steps} loss {loss_meter.average():.4e} acc {matrix.accuracy():.2f} '
+                 f'{self.images_per_step / max(seconds_per_step, 1e-9):.1f} img/s, epoch left {duration(epoch_left)}, '
+                 f'run left ~{duration(run_left)}', to_file=by_step)
+
+
+@dataclass
+class WeightUpdate:
+    """An optimiser step of a set of parameters: backward (to these parameters only), loss scaling, gradient
+    sync across processes (when DistributedDataParallel does not), clipping. Both scripts' weight steps use it."""
+    parameters: list
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    grad_clip: float
+    amp_dtype: Optional[torch.dtype] = None
+    grad_sync: Optional[Callable] = None
+
+    def zero_grad(self):
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def apply(self, loss):
+        self.scaler.scale(loss).backward(inputs=self.parameters)
+        self.scaler.unscale_(self.optimizer)
+        if self.grad_sync is not None:
+            self.grad_sync([p.grad for p in self.parameters])
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
+def run_epoch(step, loader, num_classes, progress):
+    """Call step(x, y) -> (detached logits, detached loss) on every batch; returns the loss meter and the confusion
+    matrix, summed over all processes."""
+    loss_meter, matrix = LossMeter(loader.device), ConfusionMatrix(num_classes, loader.device)
+    for i, (x, y) in enumerate(loader):
+        logits, loss = step(x, y)
+        loss_meter.update(loss, len(y))
+        matrix.update(logits, y)
+        progress(i, loss_meter, matrix)
+    loss_meter.all_reduce()
+    matrix.all_reduce()
+    return loss_meter, matrix
+
+
+def evaluate(model, loader, num_classes, amp_dtype=None):
+    """Loss and confusion matrix over a loader (all processes together under torchrun), in eval mode."""
+    model.eval()
+    loss_meter, matrix = LossMeter(loader.device), ConfusionMatrix(num_classes, loader.device)
+    with torch.no_grad(), autocast(loader.device, amp_dtype):
+        for x, y in loader:
+            logits = model(x)
+            if isinstance(logits, tuple):  # the discrete network returns (logits, logits_aux)
+                logits = logits[0]
+            loss_meter.update(F.cross_entropy(logits.float(), y), len(y))
+            matrix.update(logits, y)
+    loss_meter.all_reduce()
+    matrix.all_reduce()
+    return loss_meter, matrix
+
+
+# ==========================================================================================================
 # Model statistics
 
-def drop_path(x, drop_prob):
-    """Zero whole samples of a branch with probability drop_prob and rescale the rest (DARTS drop-path)."""
-    keep_prob = 1. - drop_prob
-    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep_prob)
-    return x * mask.div_(keep_prob)
-
-
 def count_parameters(model, exclude=()):
-    """Number of parameters, leaving out the given ones (e.g. architecture parameters)."""
+    """Number of parameters, leaving out the given ones (e.g. architecture parameters or an auxiliary head)."""
     excluded = {id(p) for p in exclude}
     return sum(p.numel() for p in model.parameters() if id(p) not in excluded)
 
@@ -371,35 +609,7 @@ def count_flops(model, image_size, device='cpu'):
     return counter.get_total_flops()
 
 
-def model_size_mb(model, exclude=()):
-    """Size of the float32 parameters in MB (2^20 bytes)."""
-    return count_parameters(model, exclude) * 4 / 2 ** 20
+def megabytes(num_parameters):
+    """Size of float32 parameters in MB (2^20 bytes)."""
+    return num_parameters * 4 / 2 ** 20
 
-
-def evaluate(model, loader, num_classes, device, autocast_dtype=None):
-    """Loss and confusion matrix over a loader (all processes together under torchrun), in eval mode."""
-    model.eval()
-    loss_meter, matrix = LossMeter(device), ConfusionMatrix(num_classes, device)
-    with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        for x, y in loader:
-            logits = model(x)
-            if isinstance(logits, tuple):  # the discrete network returns (logits, logits_aux)
-                logits = logits[0]
-            loss_meter.update(torch.nn.functional.cross_entropy(logits.float(), y), len(y))
-            matrix.update(logits, y)
-    loss_meter.all_reduce()
-    matrix.all_reduce()
-    return loss_meter, matrix
-
-
-def tensorboard_writer(path, enabled):
-    if not enabled:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(path)
-
-
-def log_scalars(writer, step, **scalars):
-    if writer is not None:
-        for name, value in scalars.items():
-            writer.add_scalar(name, value, step)

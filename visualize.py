@@ -1,5 +1,9 @@
 """Pictures of a run with pillow alone: a searched cell (as DARTS' visualize.py, without graphviz) and a confusion matrix."""
+import os
+
 from PIL import Image, ImageDraw, ImageFont
+
+from genotypes import parse_genotype
 
 FONT = ImageFont.load_default()
 
@@ -52,6 +56,13 @@ def plot_cell(ops, concat, path, title=''):
     if title:
         draw.text((10, 8), title, fill='black', font=FONT)
     image.save(path)
+
+
+def plot_genotype(genotype_text, folder):
+    """normal.png and reduce.png of a genotype (its text, as genotype.txt holds it) in folder."""
+    genotype = parse_genotype(genotype_text)
+    plot_cell(genotype.normal, genotype.normal_concat, os.path.join(folder, 'normal.png'), 'normal cell')
+    plot_cell(genotype.reduce, genotype.reduce_concat, os.path.join(folder, 'reduce.png'), 'reduction cell')
 
 
 def plot_confusion_matrix(matrix, class_names, path, title=''):

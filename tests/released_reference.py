@@ -120,6 +120,6 @@ def released_twin(net):
     """A ReleasedNetwork with `net`'s configuration and weights (architecture parameters are inputs there)."""
     twin = ReleasedNetwork(net._C, net._num_classes, net._layers, net.k, net._steps, net._multiplier,
                            net.stem[0].out_channels // net._C)
-    arch = set(net._arch_names)
+    arch = set(net.ARCH_PARAMETERS)
     twin.load_state_dict({key: value for key, value in net.state_dict().items() if key not in arch})
     return twin.train(net.training)

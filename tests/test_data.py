@@ -1,5 +1,4 @@
 """Tests for data_loader.py: dataset layouts, label noise, cache, splits, augmentation and the device loader."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,9 +11,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import data_loader
-from data_loader import (AFFECTNET_CLASSES, RAFDB_CLASSES, DeviceLoader, load_dataset, make_noise,
-                         measure_throughput, prepare_batch, random_erasing, source_augment, stratified_split)
-from utils import UserError
+from data_loader import (DeviceLoader, load_dataset, measure_throughput, prepare_batch, random_erasing, source_augment,
+                         stratified_split)
+from formats import AFFECTNET_CLASSES, RAFDB_CLASSES, make_noise
+from cli import UserError
 
 SIZE = 16  # tiny source size keeps decoding instant
 TRAIN_LABELS = [1, 2, 3, 4, 5, 6, 7, 4, 4, 7]  # 1-based, as in list_patition_label.txt
@@ -120,15 +120,18 @@ def test_flip_rate_is_reported(rafdb):
 
 def test_make_noise_flips_exact_count_and_keeps_test_lines(tmp_path):
     root = make_rafdb(tmp_path / 'raf', train=[1 + i % 7 for i in range(40)])
-    path = make_noise(root, 0.3, seed=1)
-    assert path == root / 'EmoLabel/new_30_noise.txt'
+    path, flipped, total = make_noise(root, 0.3, seed=1)
+    assert path == root / 'EmoLabel/new_30_noise.txt' and (flipped, total) == (12, 40)
     clean = (root / 'EmoLabel/list_patition_label.txt').read_text().splitlines()
     noisy = path.read_text().splitlines()
     assert [line.split()[0] for line in noisy] == [line.split()[0] for line in clean]
     changed = [a for a, b in zip(clean, noisy) if a != b]
     assert len(changed) == round(0.3 * 40) and all(line.startswith('train_') for line in changed)
     assert all(1 <= int(line.split()[1]) <= 7 for line in noisy)
-    assert make_noise(root, 0.3, seed=1).read_text() == '\n'.join(noisy) + '\n'  # seeded
+    with pytest.raises(UserError, match='new_30_noise.txt already exists'):  # never silently replaced
+        make_noise(root, 0.3, seed=2)
+    assert path.read_text() == '\n'.join(noisy) + '\n'
+    assert make_noise(root, 0.3, seed=1, overwrite=True)[0].read_text() == '\n'.join(noisy) + '\n'  # seeded
 
 
 def test_noise_file_missing_a_training_image_is_an_error(rafdb):
@@ -159,6 +162,19 @@ def test_cache_is_reused_and_invalidated_by_a_changed_file(rafdb, monkeypatch):
     assert third.images[2, 0].float().mean() > 200 and third.images[2, 2].float().mean() < 50
     assert torch.equal(third.images[3:], first.images[3:])
     assert len(list((rafdb / '.cache').glob('*.pt'))) == 2  # replaced, not accumulated (train + test)
+
+
+@pytest.mark.parametrize('content', [b'', b'not a pickle', bytes(range(256)) * 40])
+def test_unreadable_cache_is_named_and_rebuilt(rafdb, content):
+    first, _ = load(rafdb)
+    for cache in (rafdb / '.cache').glob('*.pt'):
+        cache.write_bytes(content)
+    messages = []
+    second, _ = load(rafdb, log=messages.append)
+    assert torch.equal(first.images, second.images)
+    assert any(m.startswith('warning: ignoring unreadable cache ') and str(rafdb / '.cache') in m for m in messages)
+    third, _ = load(rafdb, log=messages.append)  # rebuilt: read from the cache again
+    assert torch.equal(first.images, third.images) and 'from cache' in messages[-1]
 
 
 # ---------------------------------------------------------------- split
@@ -262,10 +278,21 @@ def test_training_shards_are_equal_and_disjoint():
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_measure_throughput_counts_images():
+def test_measure_throughput_counts_every_image_of_every_epoch(monkeypatch):
     loader = DeviceLoader(torch.zeros(10, 3, 8, 8, dtype=torch.uint8), torch.zeros(10, dtype=torch.long), 4, 'cpu',
                           image_size=4, augment=True)
-    assert measure_throughput(loader, epochs=2) > 0
+    clock = iter([100.0, 102.0])  # start, end: 2 seconds
+    monkeypatch.setattr(data_loader.time, 'perf_counter', lambda: next(clock))
+    assert measure_throughput(loader, epochs=2) == 2 * 10 / 2  # batches of 4, 4 and 2, twice
+
+
+def test_check_batches_refuses_a_loader_without_a_batch():
+    images, labels = torch.zeros(10, 3, 8, 8, dtype=torch.uint8), torch.zeros(10, dtype=torch.long)
+    data_loader.check_batches(DeviceLoader(images, labels, 10, 'cpu', drop_last=True), 'the set', 'fix it')
+    with pytest.raises(UserError, match=r'the set has 10 images \(5 per process\), fewer than one batch of '
+                                        r'--batch_size 8; fix it'):
+        data_loader.check_batches(DeviceLoader(images, labels, 8, 'cpu', drop_last=True, world_size=2), 'the set',
+                                  'fix it')
 
 
 # ---------------------------------------------------------------- bad input
@@ -315,25 +342,63 @@ def test_empty_affectnet_class_folder(tmp_path):
         load(root, name='affectnet')
 
 
+def test_affectnet_ignores_stray_folders_and_hidden_files(tmp_path):
+    root = make_affectnet(tmp_path / 'aff', per_class=1)
+    write_image(root / 'train_class' / '__MACOSX' / 'class001' / '._0.jpg', np.random.default_rng(0))
+    (root / 'train_class' / 'class002' / '._0.jpg').write_bytes(b'AppleDouble metadata, not an image')
+    train, test = load(root, name='affectnet')
+    assert train.labels.tolist() == list(range(8)) and test.labels.tolist() == list(range(8))
+
+
+@pytest.mark.parametrize('damage, message', [
+    ('extra_val_class', 'train_class has class folders class001, .*, class008 but .*val_class has class001, .*, '
+                        'class009'),
+    ('missing_both', 'train_class lacks class folder\\(s\\) class003'),
+])
+def test_affectnet_splits_must_hold_the_same_classes(tmp_path, damage, message):
+    root = make_affectnet(tmp_path / 'aff', per_class=1)
+    if damage == 'extra_val_class':
+        write_image(root / 'val_class' / 'class009' / '0.jpg', np.random.default_rng(0))
+    else:
+        for split in ('train_class', 'val_class'):
+            for image in (root / split / 'class003').iterdir():
+                image.unlink()
+            (root / split / 'class003').rmdir()
+    with pytest.raises(UserError, match=message):
+        load(root, name='affectnet')
+
+
+def test_decompression_bomb_is_named(rafdb, monkeypatch):
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100)  # a 24x24 test image stands in for a 182-megapixel JPEG
+    with pytest.raises(UserError, match='train_00001_aligned.jpg is too large to decode safely'):
+        load(rafdb)
+
+
 def test_missing_affectnet_split(tmp_path):
     (tmp_path / 'aff/train_class').mkdir(parents=True)
     with pytest.raises(UserError, match='val_class not found'):
         load(tmp_path / 'aff', name='affectnet', affectnet_classes=7)
 
 
-def test_cli_reports_user_error_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, 'data_loader.py', 'make-noise', '--data', str(tmp_path), '--rate', '0.1'],
-                            cwd=Path(data_loader.__file__).parent, capture_output=True, text=True)
-    assert result.returncode != 0
-    assert result.stderr.startswith('error: label file') and 'Traceback' not in result.stderr
+def test_make_noise_command_reports_the_flips_and_never_overwrites(rafdb):
+    command = [sys.executable, 'data_loader.py', 'make-noise', '--data', str(rafdb), '--rate', '0.2']
+    here = Path(data_loader.__file__).parent
+    result = subprocess.run(command, cwd=here, capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout == (f'wrote {rafdb}/EmoLabel/new_20_noise.txt: 2 of 10 training labels flipped to another '
+                             f'class (20.0%), seed 0\n')
+    written = (rafdb / 'EmoLabel/new_20_noise.txt').read_text()
+    again = subprocess.run(command + ['--seed', '1'], cwd=here, capture_output=True, text=True)
+    assert again.returncode != 0 and 'new_20_noise.txt already exists' in again.stderr
+    assert 'Traceback' not in again.stderr and (rafdb / 'EmoLabel/new_20_noise.txt').read_text() == written
 
 
-@pytest.mark.skipif(importlib.util.find_spec('synthetic') is None, reason='synthetic.py not present')
 def test_synthetic_dataset_is_generated_then_read(tmp_path, monkeypatch):
     import synthetic
     real = synthetic.make_synthetic
     monkeypatch.setattr(synthetic, 'make_synthetic',  # demo size would be slow here
-                        lambda out, layout, seed: real(out, layout=layout, n_train=28, n_test=21, seed=seed))
+                        lambda out, layout, seed, log: real(out, layout=layout, n_train=28, n_test=21, seed=seed,
+                                                            log=log))
     messages = []
     train, test = load(tmp_path / 'syn', name='synthetic', noise=10, log=messages.append)
     assert any('generating a synthetic' in m for m in messages)

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 import data_loader
 import utils
+from cli import UserError
 from test_workflow import ROOT, TINY_SEARCH, TINY_TRAIN, only_dir
 
 
@@ -30,14 +31,15 @@ def torchrun(script, args, cwd):
 @pytest.mark.parametrize('script, kind', [('train_search.py', 'search'), ('train.py', 'eval')])
 def test_two_processes_finish_and_log_once(dataset, tmp_path, script, kind):
     args = TINY_SEARCH if script == 'train_search.py' else TINY_TRAIN
-    result = torchrun(script, ['--data', dataset, '--save', 'DDP', *args], tmp_path)
+    # Batches of 8: each process holds half of the search's 32-image weight split.
+    result = torchrun(script, ['--data', dataset, '--save', 'DDP', *args, '--batch_size', '8'], tmp_path)
     run_dir = only_dir(tmp_path, f'{kind}-DDP-')  # only rank 0 made a folder
     log = open(os.path.join(run_dir, 'log.txt')).read()
     assert log.count('git commit') == 1 and result.stdout.count('git commit') == 1
     assert log.count('epoch 1 lr') == 1
     if kind == 'eval':
         metrics = json.load(open(os.path.join(run_dir, 'metrics.json')))
-        assert sum(map(sum, metrics['final']['confusion_matrix'])) == 28  # every test image counted once
+        assert sum(map(sum, metrics['last']['confusion_matrix'])) == 28  # every test image counted once
     else:
         assert os.path.isfile(os.path.join(run_dir, 'genotype.txt'))
 
@@ -49,7 +51,7 @@ def _evaluate_in_process(rank, world_size, port, images, labels, state, queue):
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 7))
     net.load_state_dict(state)
     loader = data_loader.DeviceLoader(images, labels, 4, 'cpu', image_size=16, rank=rank, world_size=world_size)
-    loss, matrix = utils.evaluate(net, loader, 7, torch.device('cpu'))
+    loss, matrix = utils.evaluate(net, loader, 7)
     if rank == 0:
         queue.put((matrix.matrix.tolist(), loss.average()))
     dist.destroy_process_group()
@@ -77,15 +79,15 @@ def test_all_reduced_metrics_equal_single_process():
 
 
 def test_run_main_destroys_the_process_group_after_success_only(tmp_path):
-    def fails():
-        raise utils.UserError('bad input')
+    def fails(args, log):
+        raise UserError('bad input')
 
     dist.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}', rank=0, world_size=1)
     try:
         with pytest.raises(SystemExit):
-            utils.run_main(fails)
+            utils.run_main(fails, None)
         assert dist.is_initialized()  # after an error the others may be inside a collective: no teardown
-        utils.run_main(lambda: None)
+        utils.run_main(lambda args, log: None, None)
         assert not dist.is_initialized()
     finally:
         if dist.is_initialized():

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import synthetic
-from utils import UserError
+from cli import UserError
 
 N_TRAIN, N_TEST = 40, 24      # 24: AffectNet's 8 classes x MIN_PER_CLASS
 SILENT = dict(log=lambda message: None)

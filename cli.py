@@ -1,0 +1,173 @@
+"""The command line shared by the scripts: flags, their checks and the resume rule; imports no torch.
+
+The scripts parse their flags before they import torch (seconds on a busy machine), so that --help and a bad flag
+answer at once. A mistake the user can fix is a UserError: the scripts print it in one line, without a traceback.
+"""
+import argparse
+import copy
+import sys
+
+
+class UserError(ValueError):
+    """A problem the user can fix (bad path, malformed file, bad flag); scripts print it without a traceback."""
+
+
+DATASETS = ('synthetic', 'rafdb', 'affectnet')
+DEFAULT_ROOTS = {'synthetic': 'data/synthetic-rafdb', 'rafdb': 'data/raf-basic', 'affectnet': 'data/AffectNet'}
+NOISE_LEVELS = (0, 10, 20, 30)  # percent; RAF-DB's EmoLabel/new_{N}_noise.txt (Self-Cure-Network's protocol)
+
+# Flags about where and how a run goes, not what it computes: --resume takes new values for these.
+RUN_FLAGS = ('resume', 'data', 'device', 'gpu', 'workers', 'report_freq')
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be a positive integer, got {text}')
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be 0 or more, got {text}')
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f'must be 0 or more, got {text}')
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not 0 < value < float('inf'):
+        raise argparse.ArgumentTypeError(f'must be a positive number, got {text}')
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f'must lie strictly between 0 and 1, got {text}')
+    return value
+
+
+def training_parser(prog, description, seed, channels_last):
+    """The parser of a training script, holding the flags both scripts have: data, optimisation, runtime, the run's
+    name and seed (each script's released default)."""
+    parser = argparse.ArgumentParser(prog, description=description)
+    add_data_arguments(parser)
+    add_optimizer_arguments(parser)
+    add_runtime_arguments(parser, channels_last)
+    parser.add_argument('--save', type=run_name, default='EXP', help='experiment name (part of the run folder name)')
+    parser.add_argument('--seed', type=int, default=seed, help='random seed')
+    return parser
+
+
+def add_data_arguments(parser):
+    """The dataset flags of both training scripts."""
+    group = parser.add_argument_group('data')
+    group.add_argument('--dataset', choices=DATASETS, default='synthetic',
+                       help='synthetic is generated into --data on first use')
+    group.add_argument('--data', default=None,
+                       help='dataset root (default: ' + ', '.join(f'{root} for {name}' for name, root in DEFAULT_ROOTS.items()) + ')')
+    group.add_argument('--noise', type=int, choices=NOISE_LEVELS, default=0,
+                       help='RAF-DB training-label noise in percent: reads EmoLabel/new_{N}_noise.txt')
+    group.add_argument('--noise_file', default=None, help='explicit noisy training-label file (any of the three known formats)')
+    group.add_argument('--affectnet_classes', type=int, choices=[7, 8], default=8, help='7 drops Contempt')
+    group.add_argument('--image_size', type=positive_int, default=48, help='network input size (DARTS-family networks: a multiple of 4)')
+    group.add_argument('--workers', type=non_negative_int, default=2,
+                       help='processes decoding images on the first run (cached after)')
+
+
+def add_optimizer_arguments(parser):
+    """The SGD flags of both training scripts, with the paper's (and released code's) defaults."""
+    group = parser.add_argument_group('optimisation')
+    group.add_argument('--batch_size', type=positive_int, default=64, help='batch size (per process under torchrun)')
+    group.add_argument('--learning_rate', type=positive_float, default=0.1, help='init learning rate')
+    group.add_argument('--learning_rate_min', type=non_negative_float, default=0.0, help='min learning rate of the cosine schedule')
+    group.add_argument('--momentum', type=non_negative_float, default=0.9, help='momentum')
+    group.add_argument('--weight_decay', type=non_negative_float, default=3e-4, help='weight decay')
+    group.add_argument('--grad_clip', type=positive_float, default=5, help='gradient clipping (max norm)')
+    group.add_argument('--report_freq', type=positive_int, default=50,
+                       help='log a progress line every this many steps (the console also gets one every 30 s)')
+
+
+def add_runtime_arguments(parser, channels_last):
+    """Device, precision and resume flags of both training scripts.
+
+    channels_last: the script's default memory format. The discrete network is faster channels-last on CPU and
+    GPU; the supernet's channel slicing and shuffling make it slower there, so search defaults to NCHW."""
+    group = parser.add_argument_group('runtime')
+    group.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='where to run')
+    group.add_argument('--gpu', type=non_negative_int, default=None, help='CUDA device id for single-process runs (default: current)')
+    group.add_argument('--deterministic', action='store_true', help='repeatable CUDA runs (slower: no cuDNN autotuning)')
+    group.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
+    group.add_argument('--compile', action='store_true', help='torch.compile the network (falls back to eager)')
+    group.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=channels_last,
+                       help='channels-last memory format')
+    group.add_argument('--resume', default=None,
+                       help='continue the run in this folder (or checkpoint.pt); only ' +
+                            ', '.join(f'--{f}' for f in RUN_FLAGS[1:]) + ' may be given anew')
+
+
+def parse(parser, check=None, argv=None):
+    """Parse the flags, then check(parser, args) the ones that only make sense together (a resumed run's flags were
+    checked when it started); resolve the default dataset root, so that the run records the folder it read."""
+    args = parser.parse_args(argv)
+    if args.resume is None:
+        if check is not None:
+            check(parser, args)
+        if args.data is None:
+            args.data = DEFAULT_ROOTS[args.dataset]
+    return args
+
+
+def given_flags(parser, argv=None):
+    """The flags given on the command line (not left at their defaults), with their parsed values."""
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return vars(quiet.parse_args(sys.argv[1:] if argv is None else argv))
+
+
+def resumed_args(parser, saved, argv=None):
+    """The arguments of a resumed run: the saved ones, with new values only for the flags of RUN_FLAGS.
+
+    A flag that changes the experiment (epochs, batch size, learning rate, model, seed, ...) given with another
+    value than the run's is refused: a resumed run continues the same experiment."""
+    defaults = vars(parser.parse_args([]))
+    args = {**defaults, **saved}  # flags added since the run started take their defaults
+    for name, value in given_flags(parser, argv).items():
+        if name in RUN_FLAGS:
+            args[name] = value
+        elif value != args[name]:
+            raise UserError(f'--{name} {value} differs from the resumed run\'s --{name} {args[name]}: --resume continues '
+                            f'the same experiment, so only {", ".join("--" + f for f in RUN_FLAGS[1:])} may change; '
+                            f'start a new run for other settings')
+    if args.get('data') is None and 'dataset' in args:  # runs of earlier versions recorded the default as None
+        args['data'] = DEFAULT_ROOTS[args['dataset']]
+    return argparse.Namespace(**args)
+
+
+def data_flags(args):
+    """The dataset flags of a run as command-line text, to repeat them in a suggested command."""
+    flags = [f'--dataset {args.dataset}', f'--data {args.data}', f'--image_size {args.image_size}']
+    if args.noise_file:
+        flags.append(f'--noise_file {args.noise_file}')
+    elif args.noise:
+        flags.append(f'--noise {args.noise}')
+    if args.dataset == 'affectnet' and args.affectnet_classes != 8:
+        flags.append(f'--affectnet_classes {args.affectnet_classes}')
+    return ' '.join(flags)
+
+
+def run_name(text):
+    """--save: part of the run folder's name, so no path separator."""
+    if not text or '/' in text or '\\' in text or text in ('.', '..'):
+        raise argparse.ArgumentTypeError(f'{text!r} is a name, not a path: the run folder is made in the current '
+                                         f'directory as <script>-<name>-<dataset>-<time>')
+    return text

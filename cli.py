@@ -114,16 +114,36 @@ def add_runtime_arguments(parser, channels_last):
                             ', '.join(f'--{f}' for f in RUN_FLAGS[1:]) + ' may be given anew')
 
 
-def parse(parser, check=None, argv=None):
-    """Parse the flags, then check(parser, args) the ones that only make sense together (a resumed run's flags were
-    checked when it started); resolve the default dataset root, so that the run records the folder it read."""
+def parse(parser, check=None, recipe=None, argv=None):
+    """Parse the flags of a new run: apply its recipe, then check(parser, args) the flags that only make sense
+    together, and resolve the default dataset root so that the run records the folder it read. A resumed run's flags
+    come from its checkpoint (resumed_args) and were resolved and checked when it started.
+
+    recipe(args) -> (name, {flag: value}): a model's or method's published settings, applied as defaults for the
+    flags not given on the command line (apply_recipe); its name is recorded as args.recipe."""
     args = parser.parse_args(argv)
     if args.resume is None:
+        if recipe is not None:
+            args.recipe, settings = recipe(args)
+            apply_recipe(parser, args, settings, argv)
         if check is not None:
             check(parser, args)
         if args.data is None:
             args.data = DEFAULT_ROOTS[args.dataset]
     return args
+
+
+def apply_recipe(parser, args, settings, argv=None):
+    """Set each flag of `settings` that was not given on the command line; returns the flags it set. A recipe is a
+    set of defaults for flags that exist anyway, so every item of it can be overridden by giving the flag."""
+    given = given_flags(parser, argv)
+    applied = {}
+    for name, value in settings.items():
+        assert hasattr(args, name), f'a recipe sets --{name}, which is no flag of {parser.prog}'
+        if name not in given:
+            setattr(args, name, value)
+            applied[name] = value
+    return applied
 
 
 def given_flags(parser, argv=None):

@@ -1,8 +1,10 @@
-"""Search-space vocabulary, named architectures and a safe genotype parser (paper Sec. 3; SPEC.md "Deriving the genotype")."""
+"""Search-space vocabulary, named architectures and a safe genotype parser (paper Sec. 3; SPEC.md "Deriving the genotype").
+
+Data only, without torch: the scripts read it before they import torch. operations.py builds the operations named here.
+"""
 import ast
 from collections import namedtuple
 
-from operations import OPS
 from cli import UserError
 
 Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')
@@ -18,6 +20,8 @@ PRIMITIVES = [
     'dil_conv_3x3',
     'dil_conv_5x5',
 ]
+# Every operation a genotype may name: the candidates but `none` (never selected), and two more of published cells.
+OPERATIONS = PRIMITIVES[1:] + ['sep_conv_7x7', 'conv_7x1_1x7']
 
 # Published architectures, for comparison (DARTS, Liu et al. 2019; PC-DARTS, Xu et al. 2020).
 NASNet = Genotype(
@@ -110,7 +114,7 @@ def _parse_concat(node, field):
 
 
 def _check_cell(ops, concat, field):
-    valid = sorted(name for name in OPS if name != 'none')
+    valid = sorted(OPERATIONS)
     if not isinstance(ops, (list, tuple)) or len(ops) == 0 or len(ops) % 2:
         raise UserError(f'{field} must list an even number of (op, input) pairs, two per node; got {len(ops) if isinstance(ops, (list, tuple)) else ops!r}')
     for position, entry in enumerate(ops):
@@ -118,7 +122,7 @@ def _check_cell(ops, concat, field):
                 and isinstance(entry[0], str) and isinstance(entry[1], int)):
             raise UserError(f"{field}[{position}] must be ('op_name', input_index), got {entry!r}")
         name, index = entry
-        if name not in OPS or name == 'none':
+        if name not in OPERATIONS:
             raise UserError(f"{field}[{position}]: unknown operation '{name}'; valid names: {', '.join(valid)}")
         node = position // 2
         if not 0 <= index < 2 + node:

@@ -4,6 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cli import UserError
+from genotypes import OPERATIONS, PRIMITIVES
 
 # Every constructor takes (C, stride, affine, groups=1). With groups > 1 it builds `groups` independent copies of
 # the op side by side on the channel axis (C channels in all, C // groups per copy; 1x1 convolutions become grouped
@@ -26,6 +27,9 @@ OPS = {
         nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), groups=groups, bias=False),
         nn.BatchNorm2d(C, affine=affine)),
 }
+
+
+assert set(OPS) == set(PRIMITIVES) | set(OPERATIONS), 'an operation is named in genotypes.py but not built here'
 
 
 class ReLUConvBN(nn.Module):

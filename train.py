@@ -3,6 +3,8 @@ import cli
 
 parser = cli.training_parser('train', __doc__, seed=0, channels_last=True)
 network = parser.add_argument_group('network')
+network.add_argument('--model', choices=['gla_fernet'], default='gla_fernet',
+                     help='the network to train: gla_fernet is the discrete network of a genotype')
 network.add_argument('--epochs', type=cli.positive_int, default=600, help='num of training epochs')
 network.add_argument('--init_channels', type=cli.positive_int, default=36, help='num of init channels')
 network.add_argument('--layers', type=cli.positive_int, default=8, help='total number of layers')
@@ -39,7 +41,7 @@ import data_loader  # noqa: E402
 import genotypes  # noqa: E402
 import utils  # noqa: E402
 import visualize  # noqa: E402
-from model import Network  # noqa: E402
+from baselines import create_model, model_options  # noqa: E402
 
 
 def main(args, log):
@@ -65,8 +67,7 @@ def main(args, log):
     log(f'{args.dataset}: {len(train_set.labels)} training images, {len(test_set.labels)} test images, '
         f'{num_classes} classes')
 
-    model = Network(args.init_channels, num_classes, args.layers, args.auxiliary, genotype,
-                    image_size=args.image_size).to(device)
+    model = create_model(args.model, num_classes, **model_options(args, genotype)).to(device)
     stats = network_statistics(model, args.image_size, device)
     log(f'param size = {stats["params_without_auxiliary"] / 1e6:f}M, FLOPs = {stats["flops"] / 1e6:.2f}M '
         f'({stats["flops"] / 2e6:.2f}M multiply-adds) at {args.image_size}x{args.image_size}, '

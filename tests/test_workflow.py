@@ -43,7 +43,7 @@ def run(script, args, cwd, check=True, env=None):
 def run_in_process(script, argv, cwd, monkeypatch):
     """main() of train.py or train_search.py in this process, with the flags checked as on the command line."""
     monkeypatch.chdir(cwd)
-    args = cli.parse(script.parser, script.check_args, argv)
+    args = cli.parse(script.parser, script.check_args, argv=argv)
     script.main(args, utils.Log())
 
 

@@ -141,7 +141,7 @@ def main(args, log):
     with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(None):
         from synthetic import make_synthetic
         make_synthetic(f'{root}/synthetic', n_train=1500, n_test=21, seed=0, log=lambda *a: None)
-        train_set, _ = data_loader.load_dataset('rafdb', f'{root}/synthetic', cache_dir=root, log=lambda *a: None)
+        train_set = data_loader.load_dataset('rafdb', f'{root}/synthetic', cache_dir=root, log=lambda *a: None).train
         loader = data_loader.DeviceLoader(train_set.images, train_set.labels, batch, device, args.image_size,
                                           augment=True, shuffle=True, drop_last=True)
         data_loader.measure_throughput(loader)  # warm-up

@@ -10,6 +10,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -36,6 +37,14 @@ class ImageSet:
     labels: torch.Tensor  # int64, N
     class_names: list
     root: str
+
+
+@dataclass
+class Splits:
+    """A dataset's parts: training and test sets, and the layout's own validation set if it has one."""
+    train: ImageSet
+    test: ImageSet
+    val: Optional[ImageSet] = None
 
 
 # ---------------------------------------------------------------- images and cache
@@ -158,7 +167,7 @@ def check_root(name, root):
 
 def load_dataset(name, root, noise=0, noise_file=None, affectnet_classes=8, source_size=SOURCE_SIZE,
                  workers=0, cache_dir=None, log=print):
-    """Return (train, test) ImageSets for name in rafdb | affectnet | synthetic (a generated RAF-DB layout)."""
+    """The Splits of dataset `name`: rafdb | affectnet | synthetic (a generated RAF-DB layout)."""
     root = Path(root)
     if name == 'synthetic' and not (root / formats.RAFDB_LABEL_FILE).is_file():
         log(f"no dataset at {root}; generating a synthetic RAF-DB layout there")
@@ -179,21 +188,28 @@ def load_dataset(name, root, noise=0, noise_file=None, affectnet_classes=8, sour
             log(f"noise file {shown}: {differ} of {len(clean)} training labels differ from the clean list "
                 f"({100 * differ / max(len(clean), 1):.1f}%)")
         sets = [(train_names, train_labels), (test_names, test_labels)]
-        return tuple(ImageSet(load([formats.rafdb_image_path(root, n) for n in names]),
-                              torch.tensor(labels, dtype=torch.int64), list(formats.RAFDB_CLASSES), str(root))
-                     for names, labels in sets)
+        return Splits(*(ImageSet(load([formats.rafdb_image_path(root, n) for n in names]),
+                                 torch.tensor(labels, dtype=torch.int64), list(formats.RAFDB_CLASSES), str(root))
+                        for names, labels in sets))
 
     if name == 'affectnet':
         class_names = formats.AFFECTNET_CLASSES[:affectnet_classes]
-        return tuple(ImageSet(load(paths), torch.tensor(labels, dtype=torch.int64), list(class_names), str(root))
-                     for paths, labels in formats.list_affectnet(root, affectnet_classes))
+        return Splits(*(ImageSet(load(paths), torch.tensor(labels, dtype=torch.int64), list(class_names), str(root))
+                        for paths, labels in formats.list_affectnet(root, affectnet_classes)))
     raise UserError(f"unknown dataset {name!r}; choose rafdb, affectnet or synthetic.")
 
 
+def source_size(args):
+    """The size (S x S) at which a run's images are decoded and cached, before the network's input resize: what
+    predict.py decodes new images to, so that they go through the evaluation path exactly."""
+    return SOURCE_SIZE
+
+
 def load_from_args(args, log):
-    """(train, test) ImageSets for the dataset flags of cli.add_data_arguments."""
+    """The Splits of the dataset that the flags of cli.add_data_arguments name."""
     return load_dataset(args.dataset, args.data, noise=args.noise, noise_file=args.noise_file,
-                        affectnet_classes=args.affectnet_classes, workers=args.workers, log=log)
+                        affectnet_classes=args.affectnet_classes, source_size=source_size(args), workers=args.workers,
+                        log=log)
 
 
 # ---------------------------------------------------------------- splits

@@ -239,6 +239,17 @@ class Network(nn.Module):
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1))
 
+    def architecture_weights(self):
+        """The weights the supernet mixes with, per cell type, in DARTS' edge order, as lists: 'ops' (edges x
+        candidate ops: sigmoid of alpha) and 'edges' (softmax of beta over each node's incoming edges), with the
+        candidate op names. What reports plot epoch by epoch."""
+        weights = {'primitives': list(PRIMITIVES)}
+        for cell in ('normal', 'reduce'):
+            alphas = getattr(self, f'alphas_{cell}').detach().float().cpu()
+            betas = getattr(self, f'betas_{cell}').detach().float().cpu()
+            weights[cell] = {'ops': torch.sigmoid(alphas).tolist(), 'edges': self.edge_weights(betas).tolist()}
+        return weights
+
     def genotype(self):
         def parse(alphas, betas):
             op_weights = torch.sigmoid(alphas.detach().float().cpu())

@@ -55,7 +55,8 @@ def main(args, log):
         genotype = genotypes.parse_genotype(run.checkpoint['genotype'])
     log(f'genotype = {genotypes.format_genotype(genotype)}')
 
-    train_set, test_set = data_loader.load_from_args(args, log)
+    data = data_loader.load_from_args(args, log)
+    train_set, test_set = data.train, data.test
     class_names = train_set.class_names
     num_classes = len(class_names)
     loader_args = dict(device=device, image_size=args.image_size, seed=args.seed, rank=rank, world_size=world_size,

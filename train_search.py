@@ -55,7 +55,8 @@ def main(args, log):
         return
     args, device, rank, world_size = run.args, run.device, run.rank, run.world_size
 
-    train_set, test_set = data_loader.load_from_args(args, log)
+    data = data_loader.load_from_args(args, log)
+    train_set, test_set = data.train, data.test
     num_classes = len(train_set.class_names)
     loader_args = dict(device=device, image_size=args.image_size, seed=args.seed, rank=rank, world_size=world_size,
                        channels_last=args.channels_last)

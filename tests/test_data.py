@@ -49,7 +49,9 @@ def make_affectnet(root, per_class=2, seed=0):
 def load(root, **kwargs):
     kwargs.setdefault('source_size', SIZE)
     kwargs.setdefault('log', lambda message: None)
-    return load_dataset(kwargs.pop('name', 'rafdb'), root, **kwargs)
+    splits = load_dataset(kwargs.pop('name', 'rafdb'), root, **kwargs)
+    assert splits.val is None  # neither layout has a validation set of its own
+    return splits.train, splits.test
 
 
 @pytest.fixture

@@ -120,7 +120,7 @@ def main(args, log):
     results['eval_params'] = utils.count_parameters(net)
     results['eval_flops'] = utils.count_flops(net, args.image_size, device)
     net = net.to(memory_format=memory_format)
-    net.drop_path_prob = 0.2
+    net.drop_path_prob.fill_(0.2)
     x = x.contiguous(memory_format=memory_format)
     forward_net = utils.maybe_compile(net, x, log) if args.compile else net
     optimizer = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=3e-4)

@@ -7,7 +7,7 @@ from operations import OPS, FactorizedReduce, Identity, ReLUConvBN, check_image_
 
 def drop_path(x, drop_prob):
     """Zero whole samples of a branch with probability drop_prob and rescale the rest by 1 / (1 - drop_prob)
-    (DARTS drop-path)."""
+    (DARTS drop-path). drop_prob is a 0-dim tensor; at 0 the branch is returned exactly."""
     keep_prob = 1. - drop_prob
     mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep_prob)
     return x * mask.div_(keep_prob)
@@ -37,7 +37,7 @@ class Cell(nn.Module):
             branches = []
             for op, index in ((self._ops[2 * i], self._indices[2 * i]), (self._ops[2 * i + 1], self._indices[2 * i + 1])):
                 h = op(states[index])
-                if self.training and drop_prob > 0. and not isinstance(op, Identity):
+                if self.training and not isinstance(op, Identity):
                     h = drop_path(h, drop_prob)
                 branches.append(h)
             states.append(branches[0] + branches[1])
@@ -73,7 +73,9 @@ class Network(nn.Module):
         check_image_size(image_size)
         self._layers = layers
         self._auxiliary = auxiliary
-        self.drop_path_prob = 0.
+        # A buffer, not a float: train.py raises it every epoch, and as a tensor it is an input of a compiled
+        # graph rather than a constant that torch.compile would specialise on (one recompilation per epoch).
+        self.register_buffer('drop_path_prob', torch.zeros(()), persistent=False)
 
         C_curr = stem_multiplier * C
         self.stem = stem(C_curr)

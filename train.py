@@ -92,7 +92,7 @@ def main(args, log):
     for epoch in range(start_epoch, args.epochs):
         lr = scheduler.get_last_lr()[0]
         log(f'epoch {epoch} lr {lr:e}')
-        model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
+        model.drop_path_prob.fill_(args.drop_path_prob * epoch / args.epochs)
         forward_model.train()
         train_loader.set_epoch(epoch)
         progress = utils.Progress(log, f'train {epoch}', train_loader, args.report_freq, epoch, args.epochs)

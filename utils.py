@@ -112,7 +112,10 @@ def maybe_compile(model, example, log):
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     rng, training = rng_states(), model.training
     try:
-        compiled = torch.compile(model)
+        # dynamic=False: each input shape (the training batch, the test set's last batch) gets its own static
+        # graph. With automatic dynamic shapes, which graph a step uses would depend on the shapes seen before it
+        # in this process, and a resumed run would compute slightly different numbers than an uninterrupted one.
+        compiled = torch.compile(model, dynamic=False)
         model.train()
         compiled(example)  # with gradients enabled: compiles the backward graph too
         model.eval()

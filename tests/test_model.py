@@ -288,7 +288,7 @@ def test_unrolled_gradient_matches_autograd_through_virtual_step(monkeypatch):
 def test_every_named_genotype_trains(name, auxiliary):
     torch.manual_seed(0)
     net = model.Network(8, 7, 5, auxiliary, genotypes.named_genotypes()[name])
-    net.drop_path_prob = 0.2
+    net.drop_path_prob.fill_(0.2)
     logits, logits_aux = net(torch.randn(2, 3, 48, 48))
     assert logits.shape == (2, 7) and (logits_aux is not None) == auxiliary
     loss = F.cross_entropy(logits, torch.tensor([0, 1]))
@@ -324,7 +324,7 @@ def test_other_image_sizes_refused_at_construction(size):
 def test_drop_path_zeroes_whole_samples_and_rescales_the_rest():
     torch.manual_seed(0)
     x = torch.ones(10000, 2, 3, 3)
-    dropped = model.drop_path(x, 0.3)
+    dropped = model.drop_path(x, torch.tensor(0.3))
     per_sample = dropped.flatten(1)
     assert (per_sample == per_sample[:, :1]).all()  # a sample is dropped or kept whole
     values = per_sample[:, 0].unique()
@@ -332,7 +332,7 @@ def test_drop_path_zeroes_whole_samples_and_rescales_the_rest():
     assert abs(dropped.mean().item() - 1.) < 0.03
 
 
-def test_drop_path_never_drops_identity_edges():
+def test_drop_path_never_drops_identity_edges(monkeypatch):
     # A normal cell whose every edge is skip_connect (an identity at stride 1): drop-path must leave it alone, so
     # even a drop probability near 1 changes nothing in training mode.
     identity = genotypes.Genotype(normal=[('skip_connect', 0), ('skip_connect', 1)] * 4, normal_concat=range(2, 6),
@@ -340,9 +340,14 @@ def test_drop_path_never_drops_identity_edges():
     torch.manual_seed(0)
     cell = model.Cell(identity, 8, 8, 8, reduction=False, reduction_prev=False).train()
     s0, s1 = torch.randn(6, 8, 4, 4), torch.randn(6, 8, 4, 4)
-    torch.testing.assert_close(cell(s0, s1, 0.99), cell(s0, s1, 0.0))
+    never, almost_always = torch.tensor(0.0), torch.tensor(0.99)
+    torch.testing.assert_close(cell(s0, s1, almost_always), cell(s0, s1, never))
     drops = model.Cell(genotypes.GLA_FERNet, 8, 8, 8, reduction=False, reduction_prev=False).train()
-    assert not torch.allclose(drops(s0, s1, 0.99), drops(s0, s1, 0.0))  # the same call drops other ops
+    at_zero = drops(s0, s1, never)
+    assert not torch.allclose(drops(s0, s1, almost_always), at_zero)  # the other ops do drop
+    with monkeypatch.context() as patch:
+        patch.setattr(model, 'drop_path', lambda h, p: h)
+        assert torch.equal(drops(s0, s1, almost_always), at_zero)  # and probability 0 changes nothing
 
 
 def test_no_unconditional_cuda_calls():

@@ -614,7 +614,7 @@ def make_dynamic_images(clips, labels, out, log=print):
         raise UserError(f'{out} already exists and is not empty; remove it or choose another output folder.')
     subjects, written, plan = {}, {}, []
     for entry in entries:
-        # Subjects are what precedes the first '_' of a file name: any other character would split or merge them.
+        # The subject is what precedes the first '_' of the file name, so it must hold none.
         subject = _file_name_part(entry.subject).replace('_', '-')
         if subjects.setdefault(subject, entry.subject) != entry.subject:
             raise UserError(f"{labels} line {entry.line}: subjects {subjects[subject]!r} and {entry.subject!r} "
@@ -656,7 +656,8 @@ def main(argv=None):
                        help="training images; ckplus: labelled sequences; clips: clips (default: synthetic.py's)")
     synth.add_argument('--test', type=int, default=None,
                        help="test images; fer2013: PublicTest and PrivateTest rows each (default: synthetic.py's)")
-    synth.add_argument('--subjects', type=int, default=None, help="ckplus and clips: subjects (default: synthetic.py's)")
+    synth.add_argument('--subjects', type=int, default=None,
+                       help="ckplus and clips: people showing the sequences (default: synthetic.py's)")
     synth.add_argument('--seed', type=int, default=0, help='random seed')
     dynamic = commands.add_parser('make-dynamic-images',
                                   help='turn micro-expression clips into dynamic images, a class-folder dataset')

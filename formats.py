@@ -186,18 +186,21 @@ def list_affectnet(root, num_classes):
     if missing:
         raise UserError(f"{train_folder} lacks class folder(s) {', '.join(missing)}; the {num_classes}-class protocol "
                         f"needs {wanted[0]}..{wanted[-1]} in both splits.")
-    out = []
-    for folder, _ in splits:
-        paths, labels = [], []
-        for label, name in enumerate(wanted):
-            files = image_files(folder / name)
-            if not files:
-                raise UserError(f"class folder {folder / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                                f"add images or remove the folder.")
-            paths += files
-            labels += [label] * len(files)
-        out.append((paths, labels))
-    return out
+    return [labelled_images(folder, wanted, wanted) for folder, _ in splits]
+
+
+def labelled_images(folder, names, classes):
+    """(paths, labels) of the images in folder/<name>/ for each class folder name, labelled by its index in
+    classes; an empty class folder is refused."""
+    paths, labels = [], []
+    for name in names:
+        files = image_files(folder / name)
+        if not files:
+            raise UserError(f"class folder {folder / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                            f"add images or remove the folder.")
+        paths += files
+        labels += [classes.index(name)] * len(files)
+    return paths, labels
 
 
 def natural_key(path):
@@ -239,7 +242,7 @@ def read_fer2013(path):
             "FER2013's fer2013.csv (or icml_face_data.csv) has emotion, pixels and Usage; Usage decides the splits.")
         width = len(header)
         with warnings.catch_warnings():
-            # numpy < 2.3 warns (instead of raising) when text is left over, and returns the values before it.
+            # Older numpy warns (instead of raising) when text is left over, and returns the values before it.
             warnings.simplefilter('error', DeprecationWarning)
             for row in reader:
                 if not any(field.strip() for field in row):
@@ -305,9 +308,10 @@ def read_ferplus(path, usage):
             line, index = reader.line_num, len(votes)
             if len(row) != len(header):
                 raise UserError(f"{path} line {line}: {len(row)} fields, expected {len(header)} ({','.join(header)}).")
-            if index < len(usage) and row[usage_at].strip() != FER2013_USAGE[usage[index]]:
-                raise UserError(f"{path} line {line}: Usage {row[usage_at].strip()!r}, but row {index + 1} of the FER2013 "
-                                f"file is {FER2013_USAGE[usage[index]]}; fer2013new.csv must list the rows of the same "
+            use = row[usage_at].strip()
+            if index < len(usage) and use != FER2013_USAGE[usage[index]]:
+                raise UserError(f"{path} line {line}: Usage {use!r}, but row {index + 1} of the FER2013 file is "
+                                f"{FER2013_USAGE[usage[index]]}; fer2013new.csv must list the rows of the same "
                                 f"fer2013.csv, in its order.")
             try:
                 counts = [float(row[i]) for i in votes_at]
@@ -414,14 +418,6 @@ def _class_folders(folder):
     return sorted(names, key=lambda n: (0, int(n), '') if n.isdigit() else (1, 0, n))
 
 
-def _class_images(folder):
-    files = image_files(folder)
-    if not files:
-        raise UserError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add images or "
-                        f"remove the folder.")
-    return files
-
-
 def list_folder_splits(root):
     """A class-folder dataset's splits: {split: (paths, labels)} for train, test and, if present, val, and the
     classes (the training split's folders; the other splits may lack a class but hold no other)."""
@@ -431,23 +427,19 @@ def list_folder_splits(root):
             raise UserError(f"folder {root / split} not found; a class-folder dataset holds train/<class>/*, "
                             f"test/<class>/* and optionally val/<class>/* (or, with --folds, <class>/* directly).")
     classes = _class_folders(root / 'train')
-    if not classes:
-        raise UserError(f"{root / 'train'} holds no class folders; put each class's images in train/<class>/.")
     splits = {}
     for split in FOLDER_SPLITS:
         if not (root / split).is_dir():
             continue
         present = _class_folders(root / split)
+        if not present:
+            raise UserError(f"{root / split} holds no class folders; put its images in {split}/<class>/"
+                            f"{' or remove it' if split == 'val' else ''}.")
         unknown = [name for name in present if name not in classes]
         if unknown:
             raise UserError(f"{root / split} has class folder(s) {', '.join(unknown)} that {root / 'train'} lacks; "
                             f"every class needs training images, so that a label means the same class in each split.")
-        paths, labels = [], []
-        for name in present:
-            files = _class_images(root / split / name)
-            paths += files
-            labels += [classes.index(name)] * len(files)
-        splits[split] = (paths, labels)
+        splits[split] = labelled_images(root / split, present, classes)
     return classes, splits
 
 
@@ -464,11 +456,7 @@ def list_folder_pool(root, subject_regex):
         if not classes:
             raise UserError(f"{root} holds no class folders; with --folds a class-folder dataset holds <class>/* "
                             f"(or train/<class>/* and test/<class>/*).")
-        paths, labels = [], []
-        for label, name in enumerate(classes):
-            files = _class_images(root / name)
-            paths += files
-            labels += [label] * len(files)
+        paths, labels = labelled_images(root, classes, classes)
     pattern = re.compile(subject_regex)
     subjects = [subject_of(path, pattern) for path in paths]
     return Listing(paths, labels, subjects, classes, sorted(set(subjects)),

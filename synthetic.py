@@ -208,9 +208,9 @@ def sequence_jobs(tmp, layout, n, subjects, frames, seed):
                         f'{spec["min_frames"]} frames each, got {subjects} subjects and {frames} frames.')
     rng = np.random.default_rng([seed, 0])
     labels = rng.permutation(np.repeat(np.arange(len(spec['classes'])), class_counts(spec['counts'], n)))
-    jobs, lines, taken = [], [], [0] * subjects
+    jobs, lines, files, taken = [], [], {}, [0] * subjects
     ckplus = layout == 'ckplus'
-    # CK+ also has sequences without an emotion label: one more for every 4th subject, with an empty Emotion folder.
+    # CK+ also has sequences without an emotion label: one more for every 4th subject, without an emotion file.
     extra = [(n + s, s, int(rng.integers(len(spec['classes'])))) for s in (range(0, subjects, 4) if ckplus else [])]
     for j, s, label in [(j, j % subjects, label) for j, label in enumerate(labels)] + extra:
         taken[s] += 1
@@ -220,9 +220,10 @@ def sequence_jobs(tmp, layout, n, subjects, frames, seed):
             folder = os.path.join(tmp, CKPLUS_IMAGE_DIR, subject, sequence)
             paths = [os.path.join(folder, f'{subject}_{sequence}_{k:08d}.png') for k in range(1, frames + 1)]
             ramps = np.linspace(0, rng.uniform(0.7, 1), frames)  # how far a sequence goes differs
-            emotion = os.path.join(tmp, CKPLUS_LABEL_DIR, subject, sequence)
-            lines.append((emotion, None if j >= n else
-                          (f'{subject}_{sequence}_{frames:08d}_emotion.txt', f'   {label + 1:.7e}\n')))
+            if j < n:  # CK+'s emotion file is named after the sequence's last frame
+                emotion = f'{subject}_{sequence}_{frames:08d}_emotion.txt'
+                files[os.path.join(tmp, CKPLUS_LABEL_DIR, subject, sequence, emotion)] = \
+                    lambda rendered, text=f'   {label + 1:.7e}\n': text
         else:
             subject, clip = f'sub{s + 1:02d}', f'EP{taken[s]:02d}_{j + 1}'
             first = int(rng.integers(1, 120))  # frame numbers are not zero-padded: 'img99.jpg', 'img100.jpg'
@@ -236,12 +237,7 @@ def sequence_jobs(tmp, layout, n, subjects, frames, seed):
             lines.append(f'{subject},{clip},{spec["classes"][label]},{onset},{offset}\n')
         jobs += [(path, expression, (seed, 1, s), float(ramp), 'png' if ckplus else 'jpeg')
                  for path, ramp in zip(paths, ramps)]
-    files = {}
     if ckplus:
-        for folder, label_file in lines:
-            os.makedirs(folder)
-            if label_file:
-                files[os.path.join(folder, label_file[0])] = lambda rendered, text=label_file[1]: text
         summary = f'{n} labelled and {len(extra)} unlabelled synthetic CK+ sequences of {subjects} subjects'
     else:
         files[os.path.join(tmp, 'labels.csv')] = lambda rendered: 'subject,clip,label,onset,offset\n' + ''.join(lines)

@@ -5,6 +5,8 @@ answer at once. A mistake the user can fix is a UserError: the scripts print it 
 """
 import argparse
 import copy
+import re
+import shlex
 import sys
 
 
@@ -12,9 +14,17 @@ class UserError(ValueError):
     """A problem the user can fix (bad path, malformed file, bad flag); scripts print it without a traceback."""
 
 
-DATASETS = ('synthetic', 'rafdb', 'affectnet')
-DEFAULT_ROOTS = {'synthetic': 'data/synthetic-rafdb', 'rafdb': 'data/raf-basic', 'affectnet': 'data/AffectNet'}
+DATASETS = ('synthetic', 'rafdb', 'affectnet', 'fer2013', 'ckplus', 'folder')
+DEFAULT_ROOTS = {'synthetic': 'data/synthetic-rafdb', 'rafdb': 'data/raf-basic', 'affectnet': 'data/AffectNet',
+                 'fer2013': 'data/fer2013/fer2013.csv', 'ckplus': 'data/CK+'}  # a folder dataset has no default
 NOISE_LEVELS = (0, 10, 20, 30)  # percent; RAF-DB's EmoLabel/new_{N}_noise.txt (Self-Cure-Network's protocol)
+CKPLUS_FOLDS = 10  # CK+ has no official split: the common protocol is 10 subject-independent folds
+DEFAULT_SUBJECT_REGEX = r'^([^_]+)_'  # the subject precedes the first '_' ('S005_001_00000011.png' -> S005)
+# The datasets each dataset-specific flag applies to; giving one with another dataset is refused, not ignored.
+DATASET_FLAGS = {'noise': ('rafdb', 'synthetic'), 'noise_file': ('rafdb', 'synthetic'),
+                 'affectnet_classes': ('affectnet',), 'ferplus_labels': ('fer2013',), 'ckplus_classes': ('ckplus',),
+                 'ckplus_neutral': ('ckplus',), 'folds': ('ckplus', 'folder'), 'fold': ('ckplus', 'folder'),
+                 'fold_seed': ('ckplus', 'folder'), 'class_names': ('folder',), 'subject_regex': ('folder',)}
 
 # Flags about where and how a run goes, not what it computes: --resume takes new values for these.
 RUN_FLAGS = ('resume', 'data', 'device', 'gpu', 'workers', 'report_freq')
@@ -55,6 +65,23 @@ def fraction(text):
     return value
 
 
+def name_list(text):
+    """--class_names: comma-separated names, none empty, none twice."""
+    names = [name.strip() for name in text.split(',')]
+    if not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f'expected distinct comma-separated names such as Anger,Happy,Neutral, '
+                                         f'got {text!r}')
+    return names
+
+
+def regex(text):
+    try:
+        re.compile(text)
+    except re.error as e:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a regular expression ({e})') from None
+    return text
+
+
 def training_parser(prog, description, seed, channels_last):
     """The parser of a training script, holding the flags both scripts have: data, optimisation, runtime, the run's
     name and seed (each script's released default)."""
@@ -78,9 +105,24 @@ def add_data_arguments(parser):
                        help='RAF-DB training-label noise in percent: reads EmoLabel/new_{N}_noise.txt')
     group.add_argument('--noise_file', default=None, help='explicit noisy training-label file (any of the three known formats)')
     group.add_argument('--affectnet_classes', type=int, choices=[7, 8], default=8, help='7 drops Contempt')
+    group.add_argument('--ferplus_labels', default=None,
+                       help="FERPlus's fer2013new.csv: relabel FER2013 by majority vote into 8 classes")
+    group.add_argument('--ckplus_classes', type=int, choices=[6, 7], default=7, help='CK+: 6 drops Contempt')
+    group.add_argument('--ckplus_neutral', action='store_true',
+                       help="CK+: add each labelled sequence's first frame as class Neutral")
+    group.add_argument('--folds', type=positive_int, default=None,
+                       help=f'subject-independent folds (ckplus: {CKPLUS_FOLDS}; folder: none, i.e. its train/ and '
+                            f'test/; the number of subjects is leave-one-subject-out)')
+    group.add_argument('--fold', type=non_negative_int, default=None, help='the fold that is the test set, 0..folds-1')
+    group.add_argument('--fold_seed', type=int, default=0, help='seed of the assignment of subjects to folds')
+    group.add_argument('--class_names', type=name_list, default=None,
+                       help='folder: names of the class folders, in class order, comma-separated')
+    group.add_argument('--subject_regex', type=regex, default=DEFAULT_SUBJECT_REGEX,
+                       help="folder with --folds: the subject in a file name (the first group, or the whole match)")
     group.add_argument('--image_size', type=positive_int, default=48, help='network input size (DARTS-family networks: a multiple of 4)')
     group.add_argument('--workers', type=non_negative_int, default=2,
                        help='processes decoding images on the first run (cached after)')
+    return parser
 
 
 def add_optimizer_arguments(parser):
@@ -126,11 +168,35 @@ def parse(parser, check=None, recipe=None, argv=None):
         if recipe is not None:
             args.recipe, settings = recipe(args)
             apply_recipe(parser, args, settings, argv)
+        check_data_args(parser, args)
         if check is not None:
             check(parser, args)
-        if args.data is None:
-            args.data = DEFAULT_ROOTS[args.dataset]
     return args
+
+
+def check_data_args(parser, args):
+    """Refuse dataset flags that do not apply to --dataset or do not fit together; resolve the dataset's root and,
+    for CK+, its folds, so that a run records what it read."""
+    for name, datasets in DATASET_FLAGS.items():
+        if args.dataset not in datasets and getattr(args, name) != parser.get_default(name):
+            parser.error(f'argument --{name}: applies to --dataset {" or ".join(datasets)} only, not '
+                         f'{args.dataset}')
+    if args.data is None:
+        if args.dataset not in DEFAULT_ROOTS:
+            parser.error(f'--dataset {args.dataset} needs --data: the folder holding train/<class>/ and '
+                         f'test/<class>/ (or <class>/ with --folds)')
+        args.data = DEFAULT_ROOTS[args.dataset]
+    if args.dataset == 'ckplus' and args.folds is None:
+        args.folds = CKPLUS_FOLDS
+    if args.fold is not None and args.folds is None:
+        parser.error('argument --fold: give --folds too (the number of subject-independent folds)')
+    if args.folds is not None:
+        if args.folds < 2:
+            parser.error(f'argument --folds: {args.folds} fold leaves nothing to train or test on; give 2 or more')
+        args.fold = 0 if args.fold is None else args.fold
+        if args.fold >= args.folds:
+            parser.error(f'argument --fold: {args.fold} is not one of the folds 0..{args.folds - 1} of --folds '
+                         f'{args.folds}')
 
 
 def apply_recipe(parser, args, settings, argv=None):
@@ -175,13 +241,17 @@ def resumed_args(parser, saved, argv=None):
 
 def data_flags(args):
     """The dataset flags of a run as command-line text, to repeat them in a suggested command."""
-    flags = [f'--dataset {args.dataset}', f'--data {args.data}', f'--image_size {args.image_size}']
-    if args.noise_file:
-        flags.append(f'--noise_file {args.noise_file}')
-    elif args.noise:
-        flags.append(f'--noise {args.noise}')
-    if args.dataset == 'affectnet' and args.affectnet_classes != 8:
-        flags.append(f'--affectnet_classes {args.affectnet_classes}')
+    flags = [f'--dataset {args.dataset}', f'--data {shlex.quote(str(args.data))}', f'--image_size {args.image_size}']
+    defaults = vars(add_data_arguments(argparse.ArgumentParser()).parse_args([]))
+    for name in DATASET_FLAGS:
+        value = getattr(args, name, defaults[name])
+        if value == defaults[name]:
+            continue
+        if value is True:
+            flags.append(f'--{name}')
+        else:
+            text = ','.join(value) if isinstance(value, list) else str(value)
+            flags.append(f'--{name} {shlex.quote(text)}')
     return ' '.join(flags)
 
 

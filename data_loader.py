@@ -1,10 +1,13 @@
-"""Data pipeline (paper Sec. 4.1; SPEC.md "Data"): images decoded once and cached, datasets and their splits,
-augmentation on the training device, and the loader that batches them. The label formats are in formats.py."""
+"""Data pipeline (paper Sec. 4.1; SPEC.md "Data"): images decoded once and cached, datasets and their splits (official
+ones, or subject-independent folds), augmentation on the training device, the loader that batches them, and dynamic
+images of micro-expression clips (EmoNAS Sec. 3). The label formats are in formats.py."""
 import argparse
 import hashlib
 import math
 import multiprocessing
 import os
+import re
+import shutil
 import sys
 import time
 import warnings
@@ -17,10 +20,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+import cli
 import formats
 from cli import UserError
 
 SOURCE_SIZE = 100  # RAF-DB's aligned images are 100x100
+SOURCE_SIZES = {'fer2013': formats.FER2013_SIZE}  # FER2013's 48x48 rows are cached as they are, never upscaled
+GRAYSCALE_DATASETS = ('fer2013', 'ckplus')  # decoded to gray, replicated to 3 channels (a colour CK+ frame too)
 IMAGE_SIZE = 48  # network input (SPEC "Preprocessing")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,15 +55,16 @@ class Splits:
 
 # ---------------------------------------------------------------- images and cache
 
-def decode_image(path, size):
-    """Decode any image file to a size x size x 3 uint8 array (RGB, bilinear with antialias)."""
+def decode_image(path, size=None, grayscale=False):
+    """Decode any image file to a size x size x 3 uint8 array (RGB, bilinear with antialias; size None keeps the
+    file's size); grayscale converts to gray first and replicates it to the 3 channels."""
     # Truncated JPEGs must fail, not decode half-grey; another library may have flipped this global.
     truncated_ok, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with Image.open(path) as image:
             image.load()
-            image = image.convert('RGB')
-            if image.size != (size, size):
+            image = image.convert('L').convert('RGB') if grayscale else image.convert('RGB')
+            if size is not None and image.size != (size, size):
                 # Pillow's bilinear filter widens its support when shrinking, i.e. it antialiases.
                 image = image.resize((size, size), Image.Resampling.BILINEAR)
             return np.array(image, dtype=np.uint8)  # a writable copy, so torch.from_numpy accepts it
@@ -102,7 +109,35 @@ def _cache_dir(root, cache_dir):
     return None
 
 
-def load_images(paths, source_size=SOURCE_SIZE, workers=0, cache_dir=None, root='.', log=print):
+def _read_cache(cache_file, key, log, shape=None):
+    """The tensors a cache file holds, or None if it is missing, out of date (another key, or images of another
+    shape) or unreadable."""
+    if cache_file is None or not cache_file.is_file():
+        return None
+    try:
+        cached = torch.load(cache_file, weights_only=True)
+        if cached['key'] == key and (shape is None or cached['images'].shape == shape):
+            log(f"loaded {len(cached['images'])} images from cache {cache_file}")
+            return cached
+        log(f"cache {cache_file} is out of date; decoding again")
+    except Exception as e:  # noqa: BLE001 -- whatever is in the file, the images can be decoded again
+        log(f"warning: ignoring unreadable cache {cache_file} ({type(e).__name__}); decoding again")
+    return None
+
+
+def _write_cache(cache_file, content, log):
+    if cache_file is None:
+        return
+    tmp = cache_file.with_name(cache_file.name + f'.tmp{os.getpid()}')
+    try:
+        torch.save(content, tmp)
+        os.replace(tmp, cache_file)  # atomic: a crash never leaves a half-written cache
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        log(f"could not write cache {cache_file} ({e}); continuing without it")
+
+
+def load_images(paths, source_size=SOURCE_SIZE, workers=0, cache_dir=None, root='.', log=print, grayscale=False):
     """Decode paths once into an N x 3 x S x S uint8 tensor, reusing a cache file while no file changed."""
     stats = []
     for path in paths:
@@ -114,24 +149,18 @@ def load_images(paths, source_size=SOURCE_SIZE, workers=0, cache_dir=None, root=
         stats.append(f'{path}\0{stat.st_size}\0{stat.st_mtime_ns}')
     # The name identifies the file list; the stored key also covers sizes and mtimes, so a changed
     # file replaces the cache instead of leaving a stale one beside it.
-    header = f'{CACHE_VERSION}\0{source_size}\0'
+    header = f'{CACHE_VERSION}\0{source_size}\0' + ('gray\0' if grayscale else '')
     name_hash = hashlib.sha256((header + '\0'.join(map(str, paths))).encode()).hexdigest()[:16]
     key = hashlib.sha256((header + '\n'.join(stats)).encode()).hexdigest()
     directory = _cache_dir(root, cache_dir)
     cache_file = directory / f'images-{len(paths)}-{source_size}-{name_hash}.pt' if directory else None
-    if cache_file is not None and cache_file.is_file():
-        try:
-            cached = torch.load(cache_file, weights_only=True)
-            if cached['key'] == key and cached['images'].shape == (len(paths), 3, source_size, source_size):
-                log(f"loaded {len(paths)} images from cache {cache_file}")
-                return cached['images']
-            log(f"cache {cache_file} is out of date; decoding again")
-        except Exception as e:  # noqa: BLE001 -- whatever is in the file, the images can be decoded again
-            log(f"warning: ignoring unreadable cache {cache_file} ({type(e).__name__}); decoding again")
+    cached = _read_cache(cache_file, key, log, (len(paths), 3, source_size, source_size))
+    if cached is not None:
+        return cached['images']
 
     images = torch.empty((len(paths), 3, source_size, source_size), dtype=torch.uint8)
     start, report_every = time.time(), max(1000, len(paths) // 10)
-    jobs = [(str(p), source_size) for p in paths]
+    jobs = [(str(p), source_size, grayscale) for p in paths]
     log(f"decoding {len(paths)} images under {root} with {max(workers, 1)} process(es)")
     pool = _decode_pool(workers) if workers > 0 else None
     try:
@@ -144,37 +173,42 @@ def load_images(paths, source_size=SOURCE_SIZE, workers=0, cache_dir=None, root=
         if pool:
             pool.terminate()
     log(f"decoded {len(paths)} images in {time.time() - start:.1f}s")
-
-    if cache_file is not None:
-        tmp = cache_file.with_name(cache_file.name + f'.tmp{os.getpid()}')
-        try:
-            torch.save({'key': key, 'images': images}, tmp)
-            os.replace(tmp, cache_file)  # atomic: a crash never leaves a half-written cache
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            log(f"could not write cache {cache_file} ({e}); continuing without it")
+    _write_cache(cache_file, {'key': key, 'images': images}, log)
     return images
 
 
 # ---------------------------------------------------------------- datasets
 
+ROOT_HINTS = {
+    'rafdb': f'the folder that holds {formats.RAFDB_LABEL_FILE} and {formats.RAFDB_IMAGE_DIR}/',
+    'affectnet': 'the folder that holds train_class/ and val_class/',
+    'fer2013': "FER2013's fer2013.csv, or the folder that holds it",
+    'ckplus': f'the folder that holds {formats.CKPLUS_IMAGE_DIR}/ and {formats.CKPLUS_LABEL_DIR}/',
+    'folder': 'the folder that holds train/<class>/ and test/<class>/ (or <class>/ with --folds)',
+}
+
+
 def check_root(name, root):
-    """Refuse a dataset folder that does not exist (a synthetic one is generated there on first use)."""
-    if name != 'synthetic' and not Path(root).is_dir():
-        raise UserError(f"dataset root {root} does not exist; pass the folder that holds "
-                        f"{formats.RAFDB_LABEL_FILE} (RAF-DB) or train_class/ and val_class/ (AffectNet).")
+    """Refuse a dataset path that does not exist (a synthetic one is generated there on first use)."""
+    if name != 'synthetic' and not Path(root).exists():
+        raise UserError(f"dataset root {root} does not exist; pass {ROOT_HINTS.get(name, 'an existing folder')}.")
 
 
-def load_dataset(name, root, noise=0, noise_file=None, affectnet_classes=8, source_size=SOURCE_SIZE,
-                 workers=0, cache_dir=None, log=print):
-    """The Splits of dataset `name`: rafdb | affectnet | synthetic (a generated RAF-DB layout)."""
+def load_dataset(name, root, noise=0, noise_file=None, affectnet_classes=8, ferplus_labels=None, ckplus_classes=7,
+                 ckplus_neutral=False, folds=None, fold=None, fold_seed=0, class_names=None,
+                 subject_regex=cli.DEFAULT_SUBJECT_REGEX, source_size=None, workers=0, cache_dir=None, log=print):
+    """The Splits of dataset `name`: rafdb | affectnet | fer2013 | ckplus | folder | synthetic (a generated RAF-DB
+    layout). CK+, and a class folder with `folds`, are split into subject-independent folds, `fold` being the test
+    set. source_size None is the dataset's own (SOURCE_SIZES)."""
     root = Path(root)
     if name == 'synthetic' and not (root / formats.RAFDB_LABEL_FILE).is_file():
         log(f"no dataset at {root}; generating a synthetic RAF-DB layout there")
         import synthetic  # only here: the generator is not needed to read data
         synthetic.make_synthetic(str(root), layout='rafdb', seed=0, log=log)
     check_root(name, root)
-    load = lambda paths: load_images(paths, source_size, workers, cache_dir, root, log)
+    source_size = SOURCE_SIZES.get(name, SOURCE_SIZE) if source_size is None else source_size
+    grayscale = name in GRAYSCALE_DATASETS
+    load = lambda paths: load_images(paths, source_size, workers, cache_dir, root, log, grayscale)
 
     if name in ('rafdb', 'synthetic'):
         train_names, train_labels, test_names, test_labels = formats.read_rafdb_list(root / formats.RAFDB_LABEL_FILE)
@@ -196,19 +230,118 @@ def load_dataset(name, root, noise=0, noise_file=None, affectnet_classes=8, sour
         class_names = formats.AFFECTNET_CLASSES[:affectnet_classes]
         return Splits(*(ImageSet(load(paths), torch.tensor(labels, dtype=torch.int64), list(class_names), str(root))
                         for paths, labels in formats.list_affectnet(root, affectnet_classes)))
-    raise UserError(f"unknown dataset {name!r}; choose rafdb, affectnet or synthetic.")
+
+    if name == 'fer2013':
+        return load_fer2013(root, ferplus_labels, source_size, cache_dir, log)
+
+    if name == 'ckplus':
+        listing = formats.list_ckplus(root, ckplus_classes, ckplus_neutral)
+        return fold_splits(listing, load, root, cli.CKPLUS_FOLDS if folds is None else folds, fold or 0, fold_seed, log)
+
+    if name == 'folder':
+        if folds is not None:
+            listing = formats.list_folder_pool(root, subject_regex)
+            listing.class_names = folder_class_names(root, listing.class_names, class_names)
+            return fold_splits(listing, load, root, folds, fold or 0, fold_seed, log)
+        classes, splits = formats.list_folder_splits(root)
+        classes = folder_class_names(root, classes, class_names)
+        sets = {split: ImageSet(load(paths), torch.tensor(labels, dtype=torch.int64), classes, str(root))
+                for split, (paths, labels) in splits.items()}
+        log(f"{root}: " + ', '.join(f'{len(s.labels)} {split}' for split, s in sets.items()) + " images of "
+            f"{len(classes)} classes ({', '.join(classes)})")
+        return Splits(sets['train'], sets['test'], sets.get('val'))
+    raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(cli.DATASETS)}.")
+
+
+def folder_class_names(root, folders, names):
+    """The class names of a class-folder dataset: its folder names, or --class_names, one per folder."""
+    if names is None:
+        return list(folders)
+    if len(names) != len(folders):
+        raise UserError(f"--class_names gives {len(names)} names ({', '.join(names)}) but {root} has {len(folders)} "
+                        f"class folders ({', '.join(folders)}); name each folder, in this order.")
+    return list(names)
+
+
+def fold_splits(listing, load, root, folds, fold, seed, log):
+    """Train on every fold of a formats.Listing but `fold`, test on `fold`; no subject is in both."""
+    assignment = formats.assign_folds(listing.all_subjects, folds, seed)
+    if not 0 <= fold < folds:
+        raise UserError(f"fold {fold} is not one of the folds 0..{folds - 1}.")
+    test_subjects = sorted(subject for subject, f in assignment.items() if f == fold)
+    in_test = torch.tensor([assignment[subject] == fold for subject in listing.subjects], dtype=torch.bool)
+    if not in_test.any() or in_test.all():
+        raise UserError(f"fold {fold} of {folds} leaves {'no test' if not in_test.any() else 'no training'} images "
+                        f"(its test subjects: {', '.join(test_subjects)}); choose fewer --folds or another "
+                        f"--fold_seed.")
+    images, labels = load(listing.paths), torch.tensor(listing.labels, dtype=torch.int64)
+    log(f"{root}: {listing.summary}; fold {fold} of {folds} (--fold_seed {seed}) tests subjects "
+        f"{', '.join(test_subjects)}: {int((~in_test).sum())} training and {int(in_test.sum())} test images")
+    return Splits(*(ImageSet(images[part], labels[part], list(listing.class_names), str(root))
+                    for part in (~in_test, in_test)))
+
+
+def load_fer2013(path, ferplus_labels=None, source_size=formats.FER2013_SIZE, cache_dir=None, log=print):
+    """FER2013's CSV as Splits: Training rows train, PrivateTest rows test, PublicTest rows validate. With
+    ferplus_labels (FERPlus's fer2013new.csv) the labels are FERPlus's majority votes over 8 classes and the images
+    without a majority expression are left out. The parsed rows are cached like decoded images."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / 'fer2013.csv'
+    if not path.is_file():
+        raise UserError(f"FER2013 file {path} not found; pass --data PATH/fer2013.csv (columns emotion, pixels, "
+                        f"Usage).")
+    stat = path.stat()
+    header = f'{CACHE_VERSION}\0fer2013\0{path.resolve()}\0'
+    key = hashlib.sha256(f'{header}{stat.st_size}\0{stat.st_mtime_ns}'.encode()).hexdigest()
+    directory = _cache_dir(path.parent, cache_dir)
+    name_hash = hashlib.sha256(header.encode()).hexdigest()[:16]
+    cache_file = directory / f'fer2013-{name_hash}.pt' if directory else None
+    cached = _read_cache(cache_file, key, log)
+    if cached is None:
+        start = time.time()
+        pixels, labels, usage = formats.read_fer2013(path)
+        cached = {'key': key, 'images': torch.from_numpy(pixels).unsqueeze(1), 'labels': torch.from_numpy(labels),
+                  'usage': torch.from_numpy(usage)}
+        log(f"read {len(labels)} images from {path} in {time.time() - start:.1f}s")
+        _write_cache(cache_file, cached, log)
+    images, labels, usage = cached['images'], cached['labels'], cached['usage']
+    class_names = formats.FER2013_CLASSES
+    if ferplus_labels is not None:
+        ferplus_path = formats.find_file(ferplus_labels, path.parent, 'FERPlus label file')
+        votes, dropped = formats.read_ferplus(ferplus_path, usage.numpy())
+        labels, class_names = torch.from_numpy(votes), formats.FERPLUS_CLASSES
+        log(f"FERPlus majority labels from {ferplus_path}: {int((labels >= 0).sum())} of {len(labels)} images kept; "
+            f"dropped " + ', '.join(f'{n} ({reason})' for n, reason in zip(dropped.tolist(), formats.FERPLUS_DROPPED)))
+    if source_size != formats.FER2013_SIZE:
+        images = resize(images, source_size).to(torch.uint8)
+    images = images.expand(-1, 3, -1, -1)  # gray replicated to 3 channels; indexing below makes the copies
+    splits = Splits(*(ImageSet(images[part], labels[part], list(class_names), str(path))
+                      for part in ((usage == formats.FER2013_USAGE.index(use)) & (labels >= 0)
+                                   for use in ('Training', 'PrivateTest', 'PublicTest'))))
+    log(f"{path}: {len(splits.train.labels)} Training, {len(splits.val.labels)} PublicTest (validation) and "
+        f"{len(splits.test.labels)} PrivateTest (test) images of {len(class_names)} classes")
+    return splits
 
 
 def source_size(args):
     """The size (S x S) at which a run's images are decoded and cached, before the network's input resize: what
     predict.py decodes new images to, so that they go through the evaluation path exactly."""
-    return SOURCE_SIZE
+    return SOURCE_SIZES.get(args.dataset, SOURCE_SIZE)
+
+
+def grayscale_source(args):
+    """Whether a run's images are decoded to gray (replicated to 3 channels): new images must be decoded so too."""
+    return args.dataset in GRAYSCALE_DATASETS
 
 
 def load_from_args(args, log):
     """The Splits of the dataset that the flags of cli.add_data_arguments name."""
     return load_dataset(args.dataset, args.data, noise=args.noise, noise_file=args.noise_file,
-                        affectnet_classes=args.affectnet_classes, source_size=source_size(args), workers=args.workers,
+                        affectnet_classes=args.affectnet_classes, ferplus_labels=args.ferplus_labels,
+                        ckplus_classes=args.ckplus_classes, ckplus_neutral=args.ckplus_neutral, folds=args.folds,
+                        fold=args.fold, fold_seed=args.fold_seed, class_names=args.class_names,
+                        subject_regex=args.subject_regex, source_size=source_size(args), workers=args.workers,
                         log=log)
 
 
@@ -409,6 +542,107 @@ def measure_throughput(loader, epochs=1):
     return count / (time.perf_counter() - start)
 
 
+# ---------------------------------------------------------------- dynamic images (EmoNAS Sec. 3, Eqs. 1-5)
+
+def rank_pooling_coefficients(length):
+    """The frame weights beta_1..beta_T of approximate rank pooling (Bilen et al. 2016), which EmoNAS cites and whose
+    formula it prints with a typo (BASELINES.md 2.5): beta_t = 2(T - t + 1) - (T + 1)(H_T - H_{t-1}), H_k the k-th
+    harmonic number. They sum to zero, so what does not change over the clip cancels."""
+    t = np.arange(1, length + 1)
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / t)])
+    return 2.0 * (length - t + 1) - (length + 1) * (harmonic[length] - harmonic[t - 1])
+
+
+def dynamic_image(frames):
+    """sum_t beta_t V_t of a clip's equally sized frames (first to last), un-scaled, in float64.
+
+    Computed as sum_t beta_t (V_t - V_1), equal since the betas sum to zero: identical frames then give exactly
+    zero, not rounding noise that min-max scaling would blow up into an image."""
+    first = np.asarray(frames[0], dtype=np.float64)
+    image = np.zeros_like(first)
+    for beta, frame in zip(rank_pooling_coefficients(len(frames))[1:], frames[1:]):
+        image += beta * (np.asarray(frame, dtype=np.float64) - first)
+    return image
+
+
+def scale_to_uint8(image):
+    """Min-max over all pixels and channels to 0..255, as Bilen et al.'s released code (EmoNAS does not say); an
+    image without any change (a clip without motion) is all zeros."""
+    low, high = image.min(), image.max()
+    if not high > low:
+        return np.zeros(image.shape, dtype=np.uint8)
+    return np.rint((image - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _file_name_part(text):
+    return re.sub(r'[^A-Za-z0-9._-]+', '-', text)
+
+
+def clip_frames(clips, entry, labels):
+    """The frames of one clip of a clip list, decoded: those of clips/<subject>/<clip>/ (or clips/<clip>/) in name
+    order, numbered onset..offset if the list gives them."""
+    folder = Path(clips) / entry.subject / entry.clip
+    if not folder.is_dir() and (Path(clips) / entry.clip).is_dir():
+        folder = Path(clips) / entry.clip
+    if not folder.is_dir():
+        raise UserError(f"{labels} line {entry.line}: no frame folder {folder} (nor {Path(clips) / entry.clip}).")
+    paths = sorted(formats.image_files(folder), key=formats.natural_key)
+    span = ''
+    if entry.onset is not None:
+        numbers = [formats.frame_number(path) for path in paths]
+        paths = [path for path, n in zip(paths, numbers) if n is not None and entry.onset <= n <= entry.offset]
+        span = f' numbered {entry.onset}..{entry.offset}'
+    if len(paths) < 2:
+        raise UserError(f"{labels} line {entry.line}: clip {folder} has {len(paths)} frame(s){span}; a dynamic image "
+                        f"needs at least 2.")
+    frames = [decode_image(path) for path in paths]
+    for path, frame in zip(paths, frames):
+        if frame.shape != frames[0].shape:
+            raise UserError(f"{labels} line {entry.line}: frame {path} is {frame.shape[1]}x{frame.shape[0]}, but "
+                            f"{paths[0]} is {frames[0].shape[1]}x{frames[0].shape[0]}; a clip's frames must have one "
+                            f"size.")
+    return frames
+
+
+def make_dynamic_images(clips, labels, out, log=print):
+    """Write one dynamic image per clip of the clip list `labels` as out/<label>/<subject>_<clip>.png, a class-folder
+    dataset for --dataset folder --folds (the subject precedes the first '_'). Returns (images written, subjects,
+    classes)."""
+    entries = formats.read_clip_list(labels)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f'{out} already exists and is not empty; remove it or choose another output folder.')
+    subjects, written, plan = {}, {}, []
+    for entry in entries:
+        # The subject is what precedes the first '_' of the file name, so it must hold none.
+        subject = _file_name_part(entry.subject).replace('_', '-')
+        if subjects.setdefault(subject, entry.subject) != entry.subject:
+            raise UserError(f"{labels} line {entry.line}: subjects {subjects[subject]!r} and {entry.subject!r} "
+                            f"would have the same file-name form {subject!r}; rename one.")
+        stem = f'{subject}_{_file_name_part(entry.clip)}'
+        if stem in written:
+            raise UserError(f"{labels} line {entry.line}: clip {entry.subject}/{entry.clip} is listed twice "
+                            f"(also line {written[stem]}).")
+        written[stem] = entry.line
+        plan.append((entry, Path(_file_name_part(entry.label)) / f'{stem}.png'))
+    tmp = out.with_name(out.name + '.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)  # left over from an interrupted run
+    try:
+        for entry, name in plan:
+            frames = clip_frames(clips, entry, labels)
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(scale_to_uint8(dynamic_image(frames))).save(tmp / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.replace(tmp, out)
+    classes = sorted({name.parent.name for _, name in plan})
+    log(f"wrote {len(written)} dynamic images of {len(subjects)} subjects in {len(classes)} classes "
+        f"({', '.join(classes)}) to {out}; leave-one-subject-out: python train.py --dataset folder --data {out} "
+        f"--folds {len(subjects)} --fold i, for i in 0..{len(subjects) - 1}")
+    return len(written), len(subjects), classes
+
+
 # ---------------------------------------------------------------- command line
 
 def main(argv=None):
@@ -416,10 +650,21 @@ def main(argv=None):
     commands = parser.add_subparsers(dest='command', required=True)
     synth = commands.add_parser('make-synthetic', help='generate a small procedural face dataset')
     synth.add_argument('--out', required=True, help='folder to write the dataset into')
-    synth.add_argument('--layout', choices=['rafdb', 'affectnet'], default='rafdb', help='folder layout to imitate')
-    synth.add_argument('--train', type=int, default=None, help="training images (default: synthetic.py's)")
-    synth.add_argument('--test', type=int, default=None, help="test images (default: synthetic.py's)")
+    synth.add_argument('--layout', choices=['rafdb', 'affectnet', 'fer2013', 'ckplus', 'folder', 'clips'],
+                       default='rafdb', help='layout to imitate')
+    synth.add_argument('--train', type=int, default=None,
+                       help="training images; ckplus: labelled sequences; clips: clips (default: synthetic.py's)")
+    synth.add_argument('--test', type=int, default=None,
+                       help="test images; fer2013: PublicTest and PrivateTest rows each (default: synthetic.py's)")
+    synth.add_argument('--subjects', type=int, default=None,
+                       help="ckplus and clips: people showing the sequences (default: synthetic.py's)")
     synth.add_argument('--seed', type=int, default=0, help='random seed')
+    dynamic = commands.add_parser('make-dynamic-images',
+                                  help='turn micro-expression clips into dynamic images, a class-folder dataset')
+    dynamic.add_argument('--clips', required=True, help='folder holding <subject>/<clip>/ (or <clip>/) frame folders')
+    dynamic.add_argument('--labels', required=True,
+                         help='CSV with the header subject,clip,label[,onset,offset] (onset, offset: frame numbers)')
+    dynamic.add_argument('--out', required=True, help='folder to write <label>/<subject>_<clip>.png into')
     noise = commands.add_parser('make-noise', help='write EmoLabel/new_N_noise.txt for a RAF-DB folder')
     noise.add_argument('--data', required=True, help='RAF-DB root holding EmoLabel/list_patition_label.txt')
     noise.add_argument('--rate', type=float, required=True, help='fraction of training labels to flip, e.g. 0.1')
@@ -429,8 +674,11 @@ def main(argv=None):
     try:
         if args.command == 'make-synthetic':
             import synthetic  # only here: the generator is not needed to read data
-            sizes = {k: v for k, v in (('n_train', args.train), ('n_test', args.test)) if v is not None}
+            sizes = {k: v for k, v in (('n_train', args.train), ('n_test', args.test), ('subjects', args.subjects))
+                     if v is not None}
             synthetic.make_synthetic(args.out, layout=args.layout, seed=args.seed, **sizes)  # reports what it wrote
+        elif args.command == 'make-dynamic-images':
+            make_dynamic_images(args.clips, args.labels, args.out)  # reports what it wrote
         else:
             path, flipped, total = formats.make_noise(args.data, args.rate, args.seed, overwrite=args.overwrite)
             print(f"wrote {path}: {flipped} of {total} training labels flipped to another class "

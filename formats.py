@@ -1,9 +1,14 @@
 """The FER datasets' on-disk formats, without torch (SPEC.md "Data"): class names, RAF-DB's label list and its
-noisy-label files (read and written), AffectNet's class folders. data_loader.py reads images through these;
-synthetic.py writes datasets in these layouts."""
+noisy-label files (read and written), AffectNet's class folders, FER2013's CSV and FERPlus's votes, CK+'s sequences,
+class-folder datasets, subject-independent folds and micro-expression clip lists. data_loader.py reads images
+through these; synthetic.py writes datasets in these layouts."""
+import csv
 import os
 import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -15,7 +20,7 @@ RAFDB_LABEL_FILE = 'EmoLabel/list_patition_label.txt'  # (sic) the name RAF-DB s
 RAFDB_IMAGE_DIR = 'Image/aligned'
 AFFECTNET_SPLITS = ('train_class', 'val_class')  # AffectNet's validation set serves as the test set
 AFFECTNET_CLASS_FOLDER = re.compile(r'class(\d{3})')  # class001 .. class008, in AffectNet's class order
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif', '.pgm', '.ppm')
 
 
 # ---------------------------------------------------------------- RAF-DB label list and noisy-label files
@@ -95,14 +100,19 @@ def read_noise_labels(path, train_names):
     return [noisy[name] for name in train_names]
 
 
+def find_file(given, root, what):
+    """A label file named on the command line: as given, or relative to the dataset root (EmoLabel/noise01.txt is
+    naturally given so)."""
+    for candidate in (Path(given), Path(root) / given):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"{what} {given} not found (also looked under {root}); pass an existing label file.")
+
+
 def noise_file_path(root, noise, noise_file):
     """The noisy-label file that --noise / --noise_file name (None for clean labels)."""
     if noise_file is not None:
-        # EmoLabel/noise01.txt is naturally given relative to the dataset root.
-        for candidate in (Path(noise_file), Path(root) / noise_file):
-            if candidate.is_file():
-                return candidate
-        raise UserError(f"noise file {noise_file} not found (also looked under {root}); pass an existing label file.")
+        return find_file(noise_file, root, 'noise file')
     if noise not in NOISE_LEVELS:
         raise UserError(f"noise level {noise} is not one of {NOISE_LEVELS}; use one of them or pass noise_file.")
     if noise == 0:
@@ -144,7 +154,7 @@ def make_noise(data, rate, seed=0, overwrite=False):
 
 # ---------------------------------------------------------------- AffectNet class folders
 
-def _image_files(folder):
+def image_files(folder):
     """Image files of a folder in name order; hidden files (such as macOS's '._name.jpg') are not images."""
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith('.'))
@@ -176,15 +186,359 @@ def list_affectnet(root, num_classes):
     if missing:
         raise UserError(f"{train_folder} lacks class folder(s) {', '.join(missing)}; the {num_classes}-class protocol "
                         f"needs {wanted[0]}..{wanted[-1]} in both splits.")
-    out = []
-    for folder, _ in splits:
-        paths, labels = [], []
-        for label, name in enumerate(wanted):
-            files = _image_files(folder / name)
-            if not files:
-                raise UserError(f"class folder {folder / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                                f"add images or remove the folder.")
-            paths += files
-            labels += [label] * len(files)
-        out.append((paths, labels))
-    return out
+    return [labelled_images(folder, wanted, wanted) for folder, _ in splits]
+
+
+def labelled_images(folder, names, classes):
+    """(paths, labels) of the images in folder/<name>/ for each class folder name, labelled by its index in
+    classes; an empty class folder is refused."""
+    paths, labels = [], []
+    for name in names:
+        files = image_files(folder / name)
+        if not files:
+            raise UserError(f"class folder {folder / name} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                            f"add images or remove the folder.")
+        paths += files
+        labels += [classes.index(name)] * len(files)
+    return paths, labels
+
+
+def natural_key(path):
+    """Sort key that orders 'img9.jpg' before 'img10.jpg' (frame numbers are rarely zero-padded)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', Path(path).name)]
+
+
+# ---------------------------------------------------------------- FER2013 and FERPlus
+
+FER2013_CLASSES = ['Angry', 'Disgust', 'Fear', 'Happy', 'Sad', 'Surprise', 'Neutral']
+FER2013_USAGE = ('Training', 'PublicTest', 'PrivateTest')  # training, validation and test rows
+FER2013_SIZE = 48  # 48x48 grayscale rows of 2,304 values
+FERPLUS_CLASSES = ['Neutral', 'Happiness', 'Surprise', 'Sadness', 'Anger', 'Disgust', 'Fear', 'Contempt']
+FERPLUS_VOTES = ('neutral', 'happiness', 'surprise', 'sadness', 'anger', 'disgust', 'fear', 'contempt', 'unknown',
+                 'NF')  # ten annotators' votes per image; the last two are not expressions
+FERPLUS_DROPPED = ('no majority', 'unknown', 'not a face (NF)', 'no image name')
+
+
+def _csv_columns(path, header, wanted, what):
+    """The index of each wanted column in a CSV header (names compared without surrounding spaces)."""
+    names = [name.strip() for name in header or []]
+    missing = [name for name in wanted if name not in names]
+    if missing:
+        raise UserError(f"{path} line 1: the header {','.join(names) or '(empty file)'} lacks column(s) "
+                        f"{', '.join(missing)}; {what}")
+    return [names.index(name) for name in wanted]
+
+
+def read_fer2013(path):
+    """Read FER2013's CSV (columns emotion, pixels, Usage in any order) -> (pixels N x 48 x 48 uint8, labels N,
+    usage N as an index into FER2013_USAGE). Each row's 2,304 values are parsed by numpy, never value by value."""
+    pixel_count = FER2013_SIZE * FER2013_SIZE
+    rows, labels, usage = [], [], []
+    with open(path, newline='', encoding='utf-8') as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        emotion_at, pixels_at, usage_at = _csv_columns(
+            path, header, ('emotion', 'pixels', 'Usage'),
+            "FER2013's fer2013.csv (or icml_face_data.csv) has emotion, pixels and Usage; Usage decides the splits.")
+        width = len(header)
+        with warnings.catch_warnings():
+            # Older numpy warns (instead of raising) when text is left over, and returns the values before it.
+            warnings.simplefilter('error', DeprecationWarning)
+            for row in reader:
+                if not any(field.strip() for field in row):
+                    continue  # a blank line
+                line = reader.line_num
+                if len(row) != width:
+                    raise UserError(f"{path} line {line}: {len(row)} fields, expected {width} ({','.join(header)}).")
+                try:
+                    values = np.fromstring(row[pixels_at], dtype=np.int32, sep=' ')
+                    found = (f'{values.size} values' if values.size != pixel_count else
+                             'values outside 0..255' if values.min() < 0 or values.max() > 255 else None)
+                except (ValueError, DeprecationWarning):
+                    found = 'text that is not a whole number'
+                if found:
+                    raise UserError(f"{path} line {line}: pixels must be {pixel_count} integers 0..255 separated by "
+                                    f"spaces ({FER2013_SIZE}x{FER2013_SIZE}), found {found}.")
+                emotion = row[emotion_at].strip()
+                if not emotion.isdigit() or int(emotion) >= len(FER2013_CLASSES):
+                    raise UserError(f"{path} line {line}: emotion {emotion!r} is not a label 0..6 "
+                                    f"({', '.join(FER2013_CLASSES)}).")
+                use = row[usage_at].strip()
+                if use not in FER2013_USAGE:
+                    raise UserError(f"{path} line {line}: Usage {use!r} is not one of {', '.join(FER2013_USAGE)}.")
+                rows.append(values.astype(np.uint8))
+                labels.append(int(emotion))
+                usage.append(FER2013_USAGE.index(use))
+    if not rows:
+        raise UserError(f"{path} holds no image rows; FER2013's CSV has 35,887.")
+    pixels = np.stack(rows).reshape(-1, FER2013_SIZE, FER2013_SIZE)
+    return pixels, np.array(labels, dtype=np.int64), np.array(usage, dtype=np.int64)
+
+
+def ferplus_majority(votes):
+    """FERPlus's majority protocol for N x 10 vote counts (FERPLUS_VOTES order) -> (labels N into FERPLUS_CLASSES,
+    -1 where the image is dropped; reasons N into FERPLUS_DROPPED, -1 where kept).
+
+    As FERPlus's own reader does: a class with a single vote is an annotator outlier and loses it; the class holding
+    more than half of the remaining votes is the label; no such class (a tie, or all votes spread), or a majority for
+    unknown or NF, drops the image."""
+    votes = np.asarray(votes, dtype=np.float64)
+    votes = np.where(votes > 1, votes, 0)
+    top = votes.argmax(1)
+    majority = votes.max(1) > votes.sum(1) / 2
+    expression = top < len(FERPLUS_CLASSES)
+    labels = np.where(majority & expression, top, -1)
+    reasons = np.select([~majority, top == len(FERPLUS_CLASSES), ~expression], [0, 1, 2], -1)
+    return labels, reasons
+
+
+def read_ferplus(path, usage):
+    """FERPlus's fer2013new.csv, row by row aligned with fer2013.csv (`usage` from read_fer2013) -> (labels N into
+    FERPLUS_CLASSES with -1 for dropped images, number dropped per FERPLUS_DROPPED reason)."""
+    with open(path, newline='', encoding='utf-8') as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        usage_at, name_at, *votes_at = _csv_columns(
+            path, header, ('Usage', 'Image name') + FERPLUS_VOTES,
+            "FERPlus's fer2013new.csv has Usage, Image name and ten vote columns.")
+        named, votes = [], []
+        for row in reader:
+            if not any(field.strip() for field in row):
+                continue
+            line, index = reader.line_num, len(votes)
+            if len(row) != len(header):
+                raise UserError(f"{path} line {line}: {len(row)} fields, expected {len(header)} ({','.join(header)}).")
+            use = row[usage_at].strip()
+            if index < len(usage) and use != FER2013_USAGE[usage[index]]:
+                raise UserError(f"{path} line {line}: Usage {use!r}, but row {index + 1} of the FER2013 file is "
+                                f"{FER2013_USAGE[usage[index]]}; fer2013new.csv must list the rows of the same "
+                                f"fer2013.csv, in its order.")
+            try:
+                counts = [float(row[i]) for i in votes_at]
+            except ValueError:
+                counts = [-1.0]
+            if not all(0 <= count < float('inf') for count in counts):
+                raise UserError(f"{path} line {line}: the votes {', '.join(row[i] for i in votes_at)} must be counts "
+                                f"of 0 or more.")
+            named.append(bool(row[name_at].strip()))
+            votes.append(counts)
+    if len(votes) != len(usage):
+        raise UserError(f"{path} has {len(votes)} rows but the FER2013 file has {len(usage)}; fer2013new.csv must "
+                        f"list the rows of the same fer2013.csv, in its order.")
+    labels, reasons = ferplus_majority(np.array(votes))
+    # FERPlus leaves the image name empty for images it removed from the dataset.
+    named = np.array(named)
+    reasons[~named], labels[~named] = FERPLUS_DROPPED.index('no image name'), -1
+    return labels, np.bincount(reasons[reasons >= 0], minlength=len(FERPLUS_DROPPED))
+
+
+# ---------------------------------------------------------------- CK+
+
+CKPLUS_CLASSES = ['Anger', 'Contempt', 'Disgust', 'Fear', 'Happy', 'Sadness', 'Surprise']  # emotion codes 1..7
+CKPLUS_NEUTRAL = 'Neutral'  # emotion code 0; the protocol takes it from each sequence's first frame
+CKPLUS_IMAGE_DIR, CKPLUS_LABEL_DIR = 'cohn-kanade-images', 'Emotion'
+CKPLUS_PEAK_FRAMES = 3  # the common protocol: the last 3 frames of each labelled sequence
+
+
+@dataclass
+class Listing:
+    """Images of a dataset without a split of its own: path, label and subject of each, and its classes."""
+    paths: list
+    labels: list
+    subjects: list
+    class_names: list
+    all_subjects: list  # the subjects folds are drawn over (a class filter must not move the others' folds)
+    summary: str  # what was read, for the log
+
+
+def list_ckplus(root, num_classes=7, neutral=False):
+    """The common CK+ protocol: the last 3 frames of every labelled sequence, labelled with its emotion; with
+    `neutral` also its first frame, as Neutral (class 0). num_classes 6 leaves out Contempt."""
+    if num_classes not in (6, 7):
+        raise UserError(f"ckplus_classes must be 6 (without Contempt) or 7, got {num_classes}.")
+    image_dir, label_dir = Path(root) / CKPLUS_IMAGE_DIR, Path(root) / CKPLUS_LABEL_DIR
+    for folder in (image_dir, label_dir):
+        if not folder.is_dir():
+            raise UserError(f"folder {folder} not found; a CK+ root holds {CKPLUS_IMAGE_DIR}/S005/001/*.png and "
+                            f"{CKPLUS_LABEL_DIR}/S005/001/*_emotion.txt (from CK+'s Emotion_labels archive).")
+    label_files = sorted(p for p in label_dir.glob('*/*/*_emotion.txt')
+                         if not any(part.startswith('.') for part in p.relative_to(label_dir).parts))
+    if not label_files:
+        raise UserError(f"{label_dir} holds no emotion files (<subject>/<sequence>/<name>_emotion.txt); without them "
+                        f"no sequence is labelled. Extract CK+'s Emotion_labels archive there.")
+    codes = [c for c in range(1, 8) if num_classes == 7 or CKPLUS_CLASSES[c - 1] != 'Contempt']
+    class_names = [CKPLUS_NEUTRAL] * neutral + [CKPLUS_CLASSES[c - 1] for c in codes]
+    subjects = sorted({p.parent.parent.name for p in label_files})
+    listing = Listing([], [], [], class_names, subjects, f'{len(label_files)} labelled sequences of {len(subjects)} '
+                      f'subjects')
+    seen = set()
+    for label_file in label_files:
+        sequence = label_file.parent.relative_to(label_dir)
+        if sequence in seen:
+            raise UserError(f"{label_file.parent} holds more than one emotion file; keep the one CK+ ships.")
+        seen.add(sequence)
+        text = label_file.read_text(encoding='utf-8', errors='replace').split()
+        try:
+            code = float(text[0]) if len(text) == 1 else None
+        except ValueError:
+            code = None
+        if code is None or code != int(code) or not 1 <= code <= 7:
+            raise UserError(f"{label_file} line 1: expected one emotion code 1..7 such as '3.0000000e+00', got "
+                            f"{' '.join(text)!r}.")
+        if int(code) not in codes:
+            continue
+        frames = image_files(image_dir / sequence) if (image_dir / sequence).is_dir() else []
+        if not frames:
+            raise UserError(f"{label_file} labels sequence {sequence}, but {image_dir / sequence} holds no frames; "
+                            f"restore its images or remove the emotion file.")
+        frames.sort(key=natural_key)
+        chosen = [(frame, neutral + codes.index(int(code))) for frame in frames[-CKPLUS_PEAK_FRAMES:]]
+        if neutral and len(frames) > CKPLUS_PEAK_FRAMES:  # never the same frame as both neutral and peak
+            chosen.insert(0, (frames[0], 0))
+        for frame, label in chosen:
+            listing.paths.append(frame)
+            listing.labels.append(label)
+            listing.subjects.append(sequence.parts[0])
+    if not listing.paths:
+        raise UserError(f"{label_dir}: no labelled sequence has one of the {num_classes} classes.")
+    listing.summary += (f'; {len(listing.paths)} images: the last {CKPLUS_PEAK_FRAMES} frames of each sequence of '
+                        f'the {num_classes} classes' + ', and its first frame as Neutral' * neutral)
+    return listing
+
+
+# ---------------------------------------------------------------- class-folder datasets
+
+FOLDER_SPLITS = ('train', 'val', 'test')  # val is optional
+
+
+def _class_folders(folder):
+    """Class folders of a split in class order: numeric names in numeric order (the shared RAF-DB copy's 1..7),
+    others by name; hidden folders and macOS's __MACOSX are not classes."""
+    names = [d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(('.', '__'))]
+    return sorted(names, key=lambda n: (0, int(n), '') if n.isdigit() else (1, 0, n))
+
+
+def list_folder_splits(root):
+    """A class-folder dataset's splits: {split: (paths, labels)} for train, test and, if present, val, and the
+    classes (the training split's folders; the other splits may lack a class but hold no other)."""
+    root = Path(root)
+    for split in ('train', 'test'):
+        if not (root / split).is_dir():
+            raise UserError(f"folder {root / split} not found; a class-folder dataset holds train/<class>/*, "
+                            f"test/<class>/* and optionally val/<class>/* (or, with --folds, <class>/* directly).")
+    classes = _class_folders(root / 'train')
+    splits = {}
+    for split in FOLDER_SPLITS:
+        if not (root / split).is_dir():
+            continue
+        present = _class_folders(root / split)
+        if not present:
+            raise UserError(f"{root / split} holds no class folders; put its images in {split}/<class>/"
+                            f"{' or remove it' if split == 'val' else ''}.")
+        unknown = [name for name in present if name not in classes]
+        if unknown:
+            raise UserError(f"{root / split} has class folder(s) {', '.join(unknown)} that {root / 'train'} lacks; "
+                            f"every class needs training images, so that a label means the same class in each split.")
+        splits[split] = labelled_images(root / split, present, classes)
+    return classes, splits
+
+
+def list_folder_pool(root, subject_regex):
+    """All images of a class-folder dataset, for folds: the class folders directly under root, or those of its
+    train/, val/ and test/ folders pooled; each image's subject is taken from its file name by subject_regex."""
+    root = Path(root)
+    if (root / 'train').is_dir():
+        classes, splits = list_folder_splits(root)
+        paths = [p for split in splits.values() for p in split[0]]
+        labels = [label for split in splits.values() for label in split[1]]
+    else:
+        classes = _class_folders(root)
+        if not classes:
+            raise UserError(f"{root} holds no class folders; with --folds a class-folder dataset holds <class>/* "
+                            f"(or train/<class>/* and test/<class>/*).")
+        paths, labels = labelled_images(root, classes, classes)
+    pattern = re.compile(subject_regex)
+    subjects = [subject_of(path, pattern) for path in paths]
+    return Listing(paths, labels, subjects, classes, sorted(set(subjects)),
+                   f'{len(paths)} images of {len(set(subjects))} subjects')
+
+
+def subject_of(path, pattern):
+    """The subject named in a file name: the first group of the pattern that matched, else its whole match."""
+    match = pattern.search(Path(path).name)
+    subject = match and next((group for group in match.groups() if group), match.group(0))
+    if not subject:
+        raise UserError(f"file name {path} holds no subject for --subject_regex {pattern.pattern!r}; name files "
+                        f"<subject>_<rest> (the default takes what precedes the first '_') or give a pattern whose "
+                        f"first group is the subject.")
+    return subject
+
+
+def assign_folds(subjects, folds, seed=0):
+    """{subject: fold} for subject-independent k-fold evaluation: the subjects, sorted, then shuffled by `seed` and
+    dealt to the folds in turn, so every subject is in exactly one fold and fold sizes differ by at most one subject.
+    --folds equal to the number of subjects is leave-one-subject-out."""
+    subjects = sorted(set(subjects))
+    if not 2 <= folds <= len(subjects):
+        raise UserError(f"--folds {folds}: the dataset has {len(subjects)} subjects, so between 2 and {len(subjects)} "
+                        f"subject-independent folds are possible ({len(subjects)} is leave-one-subject-out).")
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    return {subjects[i]: turn % folds for turn, i in enumerate(order)}
+
+
+# ---------------------------------------------------------------- micro-expression clips
+
+CLIP_COLUMNS = ('subject', 'clip', 'label')  # optional: onset, offset (frame numbers, inclusive)
+
+
+@dataclass
+class Clip:
+    line: int
+    subject: str
+    clip: str
+    label: str
+    onset: Optional[int] = None
+    offset: Optional[int] = None
+
+
+def read_clip_list(path):
+    """A clip list: a CSV with a header naming subject, clip, label and optionally onset and offset -> [Clip]."""
+    if not os.path.isfile(path):
+        raise UserError(f"clip list {path} not found; give a CSV with the header subject,clip,label[,onset,offset].")
+    with open(path, newline='', encoding='utf-8') as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        columns = _csv_columns(path, header, CLIP_COLUMNS, "a clip list's header is subject,clip,label[,onset,offset].")
+        names = [name.strip() for name in header]
+        frames_at = [names.index(n) for n in ('onset', 'offset') if n in names]
+        if len(frames_at) == 1:
+            raise UserError(f"{path} line 1: give both onset and offset columns, or neither.")
+        clips = []
+        for row in reader:
+            if not any(field.strip() for field in row):
+                continue
+            line = reader.line_num
+            if len(row) != len(header):
+                raise UserError(f"{path} line {line}: {len(row)} fields, expected {len(header)} ({','.join(names)}).")
+            subject, clip, label = (row[i].strip() for i in columns)
+            if not all((subject, clip, label)) or any(c in label for c in '/\\') or label.startswith(('.', '__')):
+                raise UserError(f"{path} line {line}: subject, clip and label must be non-empty, and a label names a "
+                                f"class folder (no '/', not starting with '.' or '__'), got {subject!r}, {clip!r}, "
+                                f"{label!r}.")
+            bounds = [row[i].strip() for i in frames_at]
+            if any(bounds):
+                if not all(b.isdigit() for b in bounds) or int(bounds[0]) > int(bounds[1]):
+                    raise UserError(f"{path} line {line}: onset and offset must be frame numbers with onset <= "
+                                    f"offset, got {bounds[0]!r} and {bounds[1]!r}.")
+                clips.append(Clip(line, subject, clip, label, int(bounds[0]), int(bounds[1])))
+            else:
+                clips.append(Clip(line, subject, clip, label))
+    if not clips:
+        raise UserError(f"{path} lists no clips.")
+    return clips
+
+
+def frame_number(path):
+    """The frame number in a frame's file name: its last run of digits ('reg_img46.jpg' -> 46)."""
+    numbers = re.findall(r'\d+', Path(path).stem)
+    return int(numbers[-1]) if numbers else None

@@ -1,4 +1,5 @@
-"""Synthetic facial-expression data in RAF-DB's and AffectNet's on-disk layouts (SPEC "Data"), for demos and tests."""
+"""Synthetic facial-expression data in the on-disk layouts of RAF-DB, AffectNet, FER2013 (with FERPlus votes), CK+,
+class-folder copies and micro-expression clips (SPEC "Data"), for demos and tests."""
 
 import os
 import shutil
@@ -9,7 +10,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from cli import UserError
-from formats import AFFECTNET_CLASSES, RAFDB_CLASSES, RAFDB_LABEL_FILE, make_noise, rafdb_image_path
+from formats import (AFFECTNET_CLASSES, CKPLUS_CLASSES, CKPLUS_IMAGE_DIR, CKPLUS_LABEL_DIR, FER2013_CLASSES,
+                     FER2013_SIZE, FER2013_USAGE, FERPLUS_CLASSES, FERPLUS_VOTES, RAFDB_CLASSES, RAFDB_LABEL_FILE,
+                     make_noise, rafdb_image_path)
 
 # (n_train, n_test) of the demo set: enough for the demo to pass 80% test accuracy, few enough to generate in seconds.
 DEMO_SIZE = (3000, 1000)
@@ -23,6 +26,14 @@ CHUNK = 100                       # images per pool task: small enough to keep b
 RAFDB_COUNTS = {'train': (1290, 281, 717, 4772, 1982, 705, 2524), 'test': (329, 74, 160, 1185, 478, 162, 680)}
 # AffectNet's manually annotated 8-class training set (287,651 images); its validation set is balanced, 500 per class.
 AFFECTNET_COUNTS = {'train': (74874, 134415, 25459, 14090, 6378, 3803, 24882, 3750), 'val': (500,) * 8}
+FER2013_COUNTS = {'Training': (3995, 436, 4097, 7215, 4830, 3171, 4965),
+                  'PublicTest': (467, 56, 496, 895, 653, 415, 607), 'PrivateTest': (491, 55, 528, 879, 594, 416, 626)}
+CONTEMPT_SHARE = 0.05             # of FER2013's Neutral faces drawn with contempt, FERPlus's eighth class
+CKPLUS_COUNTS = (45, 18, 59, 25, 69, 28, 83)  # CK+'s 327 labelled sequences (of 118 subjects) per emotion code 1..7
+CLIP_CLASSES = {'negative': 'Disgust', 'positive': 'Happiness', 'surprise': 'Surprise'}  # SMIC's three classes
+CLIP_COUNTS = (70, 51, 43)        # SMIC's 164 clips
+CLIP_PEAK = 0.6                   # micro-expressions are subtle: at most 60% of a posed expression's intensity
+SYNONYMS = {'Angry': 'Anger', 'Happy': 'Happiness', 'Sad': 'Sadness', **CLIP_CLASSES}  # other names of EXPRESSIONS
 
 # Each expression moves a face away from the relaxed one (all features 0) along these features; the renderer
 # turns features into geometry and caps the cues that saturate (teeth, pressed lips, asymmetry, wrinkles).
@@ -52,13 +63,21 @@ HAIR_COLOURS = np.array([[25, 20, 18], [70, 45, 30], [120, 80, 45], [200, 165, 1
 LAYOUTS = {
     'rafdb': dict(classes=RAFDB_CLASSES, counts=RAFDB_COUNTS, splits=('train', 'test')),
     'affectnet': dict(classes=AFFECTNET_CLASSES, counts=AFFECTNET_COUNTS, splits=('train', 'val')),
+    'fer2013': dict(classes=FER2013_CLASSES, counts=FER2013_COUNTS, splits=FER2013_USAGE),
+    'folder': dict(classes=RAFDB_CLASSES, counts=RAFDB_COUNTS, splits=('train', 'test')),
+    # size: (sequences or clips, subjects) by default; a CK+ sequence needs a neutral first frame and 3 peak frames.
+    'ckplus': dict(classes=CKPLUS_CLASSES, counts=CKPLUS_COUNTS, size=(327, 118), frames=6, min_frames=4),
+    'clips': dict(classes=list(CLIP_CLASSES), counts=CLIP_COUNTS, size=(48, 8), frames=10, min_frames=4),
 }
+SEQUENCE_LAYOUTS = ('ckplus', 'clips')
 
 
 def class_counts(real_counts, n):
     """Split n images over classes in proportion to real_counts, at least MIN_PER_CLASS each; largest-remainder
-    rounding makes the total exact."""
+    rounding makes the total exact. n equal to the real total gives the real counts."""
     k = len(real_counts)
+    if n == sum(real_counts):
+        return np.asarray(real_counts)
     if n < k * MIN_PER_CLASS:
         raise UserError(f'{n} images cannot give each of {k} classes {MIN_PER_CLASS}; '
                         f'ask for at least {k * MIN_PER_CLASS}.')
@@ -70,74 +89,191 @@ def class_counts(real_counts, n):
     return counts + MIN_PER_CLASS
 
 
-def make_synthetic(out, layout='rafdb', n_train=None, n_test=None, seed=0, log=print, workers=WORKERS):
-    """Write a synthetic data set in the given layout to `out` and return `out`; the same seed gives the same bytes."""
+def make_synthetic(out, layout='rafdb', n_train=None, n_test=None, seed=0, log=print, workers=WORKERS, subjects=None,
+                   frames=None):
+    """Write a synthetic data set in the given layout to `out` and return `out`; the same seed gives the same bytes.
+
+    ckplus and clips have subjects and no split: n_train is the number of labelled sequences or clips, `subjects`
+    how many people show them, `frames` the frames of each."""
     if layout not in LAYOUTS:
         raise UserError(f'Unknown layout {layout!r}; use one of {", ".join(LAYOUTS)}.')
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UserError(f'{out} already exists and is not empty; remove it or choose another output folder.')
-    n_train = DEMO_SIZE[0] if n_train is None else n_train
-    n_test = DEMO_SIZE[1] if n_test is None else n_test
-    spec = LAYOUTS[layout]
     start = time.time()
     # Build next to `out` and rename at the end, so an interrupted run never leaves a complete-looking data set.
     tmp = out.rstrip('/') + '.tmp'
     shutil.rmtree(tmp, ignore_errors=True)  # left over from an interrupted run
-    jobs, label_lines = [], []
-    for split_id, (split, n) in enumerate(zip(spec['splits'], (n_train, n_test))):
-        counts = class_counts(spec['counts'][split], n)
-        # Shuffle so that, as in the real sets, file order says nothing about the class.
-        labels = np.random.default_rng([seed, split_id]).permutation(np.repeat(np.arange(len(counts)), counts))
-        for i, label in enumerate(labels, start=1):
-            if layout == 'rafdb':
-                name = f'{split}_{i:05d}' if split == 'train' else f'{split}_{i:04d}'
-                path = str(rafdb_image_path(tmp, f'{name}.jpg'))
-                label_lines.append(f'{name}.jpg {label + 1}\n')
-            else:
-                # Numbered across both splits, so that every file name is unique as in AffectNet.
-                number = i + (n_train if split_id else 0)
-                path = os.path.join(tmp, f'{split}_class', f'class{label + 1:03d}', f'image{number:07d}.jpg')
-            jobs.append((path, spec['classes'][label], (seed, split_id, i)))
-    for folder in sorted({os.path.dirname(path) for path, _, _ in jobs}):
-        os.makedirs(folder)
-    chunks = [jobs[i:i + CHUNK] for i in range(0, len(jobs), CHUNK)]
-    if workers > 1:
-        with Pool(workers) as pool:
-            pool.map(render_chunk, chunks)
+    if layout in SEQUENCE_LAYOUTS:
+        if n_test is not None:
+            raise UserError(f'the {layout} layout has no test split (it is evaluated in subject folds); give the '
+                            f'number of sequences or clips and of subjects instead.')
+        jobs, files, summary = sequence_jobs(tmp, layout, n_train, subjects, frames, seed)
     else:
-        for chunk in chunks:
-            render_chunk(chunk)
+        n_train = DEMO_SIZE[0] if n_train is None else n_train
+        n_test = DEMO_SIZE[1] if n_test is None else n_test
+        jobs, files, summary = image_jobs(tmp, layout, n_train, n_test, seed)
+    for folder in sorted({os.path.dirname(job[0]) for job in jobs if job[0]} | {os.path.dirname(f) for f in files}):
+        os.makedirs(folder, exist_ok=True)
+    rendered = render(jobs, workers)
+    for path, write in files.items():
+        with open(path, 'w', newline='') as f:
+            f.write(write(rendered))
     if layout == 'rafdb':
-        label_file = os.path.join(tmp, RAFDB_LABEL_FILE)
-        os.makedirs(os.path.dirname(label_file))
-        with open(label_file, 'w') as f:
-            f.writelines(label_lines)
         for rate in NOISE_RATES:
             make_noise(tmp, rate, seed=seed)
     os.replace(tmp, out)
-    log(f'wrote {len(jobs)} synthetic {layout} images ({n_train} train, {n_test} test) to {out} '
-        f'in {time.time() - start:.1f}s')
+    log(f'wrote {summary} to {out} in {time.time() - start:.1f}s')
     return out
 
 
+def render(jobs, workers):
+    """Render every job, in parallel if workers > 1; returns what each returned (a FER2013 row's pixels, or None)."""
+    chunks = [jobs[i:i + CHUNK] for i in range(0, len(jobs), CHUNK)]
+    if workers > 1:
+        with Pool(workers) as pool:
+            results = pool.map(render_chunk, chunks)
+    else:
+        results = [render_chunk(chunk) for chunk in chunks]
+    return [result for chunk in results for result in chunk]
+
+
+def image_jobs(tmp, layout, n_train, n_test, seed):
+    """The faces of a layout with splits, and the label files that go with them ({path: rendered -> text})."""
+    spec = LAYOUTS[layout]
+    sizes = (n_train, n_test, n_test) if layout == 'fer2013' else (n_train, n_test)
+    jobs, rows = [], []
+    for split_id, (split, n) in enumerate(zip(spec['splits'], sizes)):
+        counts = class_counts(spec['counts'][split], n)
+        # Shuffle so that, as in the real sets, file order says nothing about the class.
+        labels = np.random.default_rng([seed, split_id]).permutation(np.repeat(np.arange(len(counts)), counts))
+        votes_rng = np.random.default_rng([seed, split_id, 1])
+        for i, label in enumerate(labels, start=1):
+            expression, kind = SYNONYMS.get(spec['classes'][label], spec['classes'][label]), 'jpeg'
+            if layout in ('rafdb', 'folder'):
+                name = f'{split}_{i:05d}' if split == 'train' else f'{split}_{i:04d}'
+                if layout == 'rafdb':
+                    path = str(rafdb_image_path(tmp, f'{name}.jpg'))
+                    rows.append(f'{name}.jpg {label + 1}\n')
+                else:  # the widely shared RAF-DB copy: train/1..7/train_00001_aligned.jpg
+                    path = os.path.join(tmp, split, str(label + 1), f'{name}_aligned.jpg')
+            elif layout == 'affectnet':
+                # Numbered across both splits, so that every file name is unique as in AffectNet.
+                number = i + (n_train if split_id else 0)
+                path = os.path.join(tmp, f'{split}_class', f'class{label + 1:03d}', f'image{number:07d}.jpg')
+            else:
+                path, kind = None, 'row'
+                if expression == 'Neutral' and votes_rng.uniform() < CONTEMPT_SHARE:
+                    expression = 'Contempt'  # FER2013 has no Contempt; FERPlus's annotators see it
+                rows.append((label, split, ferplus_votes(expression, votes_rng)))
+            jobs.append((path, expression, (seed, split_id, i), 1.0, kind))
+    files = {}
+    if layout == 'rafdb':
+        files[os.path.join(tmp, RAFDB_LABEL_FILE)] = lambda rendered: ''.join(rows)
+    elif layout == 'fer2013':
+        files[os.path.join(tmp, 'fer2013.csv')] = lambda rendered: 'emotion,pixels,Usage\n' + ''.join(
+            f'{label},{pixels},{split}\n' for (label, split, _), pixels in zip(rows, rendered))
+        files[os.path.join(tmp, 'fer2013new.csv')] = lambda rendered: (
+            'Usage,Image name,' + ','.join(FERPLUS_VOTES) + '\n' + ''.join(
+                # FERPlus leaves the name empty for the images it removed; here half of the non-faces.
+                f'{split},{"" if votes[-1] > 5 and i % 2 else f"fer{i:07d}.png"},{",".join(map(str, votes))}\n'
+                for i, (_, split, votes) in enumerate(rows)))
+    parts = ', '.join(f'{n} {split}' for split, n in zip(spec['splits'], sizes))
+    return jobs, files, f'{len(jobs)} synthetic {layout} images ({parts})'
+
+
+def ferplus_votes(expression, rng):
+    """Ten annotators' votes over FERPLUS_VOTES for a face showing `expression`: mostly a clear majority, sometimes
+    a split vote, and a few faces called unknown or not a face."""
+    votes = np.zeros(len(FERPLUS_VOTES), dtype=int)
+    u = rng.uniform()
+    main = len(FERPLUS_VOTES) - 1 if u < 0.02 else len(FERPLUS_VOTES) - 2 if u < 0.04 else \
+        FERPLUS_CLASSES.index(expression)
+    agreeing = int(rng.integers(4, 11))
+    votes[main] += agreeing
+    np.add.at(votes, rng.integers(0, len(FERPLUS_CLASSES), 10 - agreeing), 1)
+    return votes
+
+
+def sequence_jobs(tmp, layout, n, subjects, frames, seed):
+    """The frames of CK+-like sequences (neutral to peak) or of micro-expression clips, and their label files.
+
+    Each subject is one identity (face, pose, lighting), seeded by the subject, so that only the expression changes
+    between their sequences and frames."""
+    spec = LAYOUTS[layout]
+    n = spec['size'][0] if n is None else n
+    subjects = max(1, round(n * spec['size'][1] / spec['size'][0])) if subjects is None else subjects
+    frames = spec['frames'] if frames is None else frames
+    if not 1 <= subjects <= n or frames < spec['min_frames']:
+        raise UserError(f'the {layout} layout needs 1 to {n} subjects for {n} sequences and at least '
+                        f'{spec["min_frames"]} frames each, got {subjects} subjects and {frames} frames.')
+    rng = np.random.default_rng([seed, 0])
+    labels = rng.permutation(np.repeat(np.arange(len(spec['classes'])), class_counts(spec['counts'], n)))
+    jobs, lines, files, taken = [], [], {}, [0] * subjects
+    ckplus = layout == 'ckplus'
+    # CK+ also has sequences without an emotion label: one more for every 4th subject, without an emotion file.
+    extra = [(n + s, s, int(rng.integers(len(spec['classes'])))) for s in (range(0, subjects, 4) if ckplus else [])]
+    for j, s, label in [(j, j % subjects, label) for j, label in enumerate(labels)] + extra:
+        taken[s] += 1
+        expression = SYNONYMS.get(spec['classes'][label], spec['classes'][label])
+        if ckplus:
+            subject, sequence = f'S{s + 1:03d}', f'{taken[s]:03d}'
+            folder = os.path.join(tmp, CKPLUS_IMAGE_DIR, subject, sequence)
+            paths = [os.path.join(folder, f'{subject}_{sequence}_{k:08d}.png') for k in range(1, frames + 1)]
+            ramps = np.linspace(0, rng.uniform(0.7, 1), frames)  # how far a sequence goes differs
+            if j < n:  # CK+'s emotion file is named after the sequence's last frame
+                emotion = f'{subject}_{sequence}_{frames:08d}_emotion.txt'
+                files[os.path.join(tmp, CKPLUS_LABEL_DIR, subject, sequence, emotion)] = \
+                    lambda rendered, text=f'   {label + 1:.7e}\n': text
+        else:
+            subject, clip = f'sub{s + 1:02d}', f'EP{taken[s]:02d}_{j + 1}'
+            first = int(rng.integers(1, 120))  # frame numbers are not zero-padded: 'img99.jpg', 'img100.jpg'
+            onset, offset = first + 1, first + frames - 2
+            apex = onset + round(2 / 3 * (offset - onset))
+            numbers = np.arange(first, first + frames)
+            # Rises from onset to apex, falls half-way back by offset; neutral outside the clip's onset..offset.
+            peak = CLIP_PEAK * rng.uniform(0.5, 1)
+            ramps = peak * np.interp(numbers, [onset, apex, offset], [0, 1, 0.5], left=0, right=0)
+            paths = [os.path.join(tmp, 'clips', subject, clip, f'img{k}.jpg') for k in numbers]
+            lines.append(f'{subject},{clip},{spec["classes"][label]},{onset},{offset}\n')
+        jobs += [(path, expression, (seed, 1, s), float(ramp), 'png' if ckplus else 'jpeg')
+                 for path, ramp in zip(paths, ramps)]
+    if ckplus:
+        summary = f'{n} labelled and {len(extra)} unlabelled synthetic CK+ sequences of {subjects} subjects'
+    else:
+        files[os.path.join(tmp, 'labels.csv')] = lambda rendered: 'subject,clip,label,onset,offset\n' + ''.join(lines)
+        summary = f'{n} synthetic micro-expression clips of {subjects} subjects'
+    return jobs, files, f'{summary}, {frames} frames each'
+
+
 def render_chunk(jobs):
-    for path, expression, entropy in jobs:
-        # One generator per image, seeded by its (seed, split, index): the bytes do not depend on the chunking.
-        rng = np.random.default_rng(entropy)
-        image, quality = render_face(expression, rng)
+    return [render_job(*job) for job in jobs]
+
+
+def render_job(path, expression, entropy, ramp, kind):
+    """Draw one face and save it as a JPEG ('jpeg') or gray PNG ('png'), or return it as a FER2013 row ('row')."""
+    # One generator per face, seeded by its entropy: the bytes do not depend on the chunking.
+    image, quality = render_face(expression, np.random.default_rng(entropy), ramp)
+    if kind == 'jpeg':
         image.save(path, 'JPEG', quality=quality)
+    elif kind == 'png':
+        image.convert('L').save(path, 'PNG')
+    else:
+        gray = image.convert('L').resize((FER2013_SIZE, FER2013_SIZE), Image.BILINEAR)
+        return ' '.join(map(str, np.asarray(gray).ravel().tolist()))
+    return None
 
 
-def face_features(expression, rng):
-    """Neutral + intensity * expression delta + identity noise, as a dict over FEATURES."""
-    intensity = rng.uniform(*INTENSITY)
+def face_features(expression, rng, ramp=1.0):
+    """Neutral + intensity * expression delta + identity noise, as a dict over FEATURES; ramp scales the drawn
+    intensity (a sequence's frames on the way to its peak)."""
+    intensity = rng.uniform(*INTENSITY) * ramp
     delta = EXPRESSIONS[expression]
     return {name: delta.get(name, 0.0) * intensity + rng.normal(0, IDENTITY_SD) for name in FEATURES}
 
 
-def render_face(expression, rng):
+def render_face(expression, rng, ramp=1.0):
     """Draw one face showing `expression`; return the 100x100 RGB image and the JPEG quality to save it with."""
-    f = face_features(expression, rng)
+    f = face_features(expression, rng, ramp)
     size = IMAGE_SIZE * SUPERSAMPLE
     image = background(rng, size)
     # Identity and pose, in supersampled pixels.

@@ -35,3 +35,39 @@ def test_flags_added_since_a_run_started_take_their_defaults():
 def test_data_flags_repeat_what_the_run_read():
     args = cli.parse(parser(), argv=['--dataset', 'rafdb', '--data', 'raf', '--noise', '20', '--image_size', '64'])
     assert cli.data_flags(args) == '--dataset rafdb --data raf --image_size 64 --noise 20'
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--dataset', 'fer2013', '--noise', '10'], 'argument --noise: applies to --dataset rafdb or synthetic only, not '
+                                                'fer2013'),
+    (['--dataset', 'rafdb', '--ferplus_labels', 'x.csv'], 'argument --ferplus_labels: applies to --dataset fer2013'),
+    (['--dataset', 'rafdb', '--folds', '5'], 'argument --folds: applies to --dataset ckplus or folder only'),
+    (['--dataset', 'ckplus', '--class_names', 'a,b'], 'argument --class_names: applies to --dataset folder only'),
+    (['--dataset', 'affectnet', '--ckplus_neutral'], 'argument --ckplus_neutral: applies to --dataset ckplus only'),
+    (['--dataset', 'ckplus', '--fold', '10'], 'argument --fold: 10 is not one of the folds 0..9 of --folds 10'),
+    (['--dataset', 'folder', '--data', 'f', '--fold', '1'], 'argument --fold: give --folds too'),
+    (['--dataset', 'folder', '--data', 'f', '--folds', '1'], 'argument --folds: 1 fold leaves nothing'),
+    (['--dataset', 'folder'], '--dataset folder needs --data'),
+    (['--dataset', 'folder', '--data', 'f', '--class_names', 'a,,b'], 'argument --class_names: expected distinct'),
+    (['--dataset', 'folder', '--data', 'f', '--subject_regex', '(S'], "argument --subject_regex: '(S' is not a "
+                                                                      "regular expression"),
+])
+def test_dataset_flags_that_do_not_apply_or_fit_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        cli.parse(parser(), argv=argv)
+    assert message in capsys.readouterr().err
+
+
+def test_ckplus_runs_record_their_folds_and_suggested_commands_repeat_them():
+    args = cli.parse(parser(), argv=['--dataset', 'ckplus', '--ckplus_classes', '6', '--ckplus_neutral'])
+    assert (args.data, args.folds, args.fold) == ('data/CK+', 10, 0)
+    assert cli.data_flags(args) == ('--dataset ckplus --data data/CK+ --image_size 48 --ckplus_classes 6 '
+                                    '--ckplus_neutral --folds 10 --fold 0')
+    args = cli.parse(parser(), argv=['--dataset', 'folder', '--data', 'my data', '--folds', '26', '--fold', '3',
+                                     '--subject_regex', r'sub(\d+)', '--class_names', 'neg,pos,sur'])
+    assert args.class_names == ['neg', 'pos', 'sur']
+    assert cli.data_flags(args) == ("--dataset folder --data 'my data' --image_size 48 --folds 26 --fold 3 "
+                                    "--class_names neg,pos,sur --subject_regex 'sub(\\d+)'")
+    args = cli.parse(parser(), argv=['--dataset', 'fer2013', '--ferplus_labels', 'fer2013new.csv'])
+    assert cli.data_flags(args) == ('--dataset fer2013 --data data/fer2013/fer2013.csv --image_size 48 '
+                                    '--ferplus_labels fer2013new.csv')

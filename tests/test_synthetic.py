@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 
 import numpy as np
 import pytest
@@ -118,3 +119,71 @@ def test_noise_files_flip_exact_count_of_training_labels(rafdb, rate):
     flipped = [name for (name, a), (_, b) in zip(clean, noisy) if a != b]
     assert len(flipped) == round(rate * N_TRAIN)
     assert all(name.startswith('train') for name in flipped)
+
+
+# ---------------------------------------------------------------- FER2013, CK+ and clip layouts
+
+SMALL = {'fer2013': dict(n_train=35, n_test=21), 'ckplus': dict(n_train=21, subjects=8, frames=4),
+         'clips': dict(n_train=9, subjects=3, frames=5), 'folder': dict(n_train=21, n_test=21)}
+
+
+@pytest.fixture(scope='module')
+def layouts(tmp_path_factory):
+    root = tmp_path_factory.mktemp('layouts')
+    return {layout: synthetic.make_synthetic(str(root / layout), layout, **sizes, **SILENT)
+            for layout, sizes in SMALL.items()}
+
+
+def test_fer2013_layout_has_gray_rows_in_three_parts_and_ferplus_votes(layouts):
+    with open(os.path.join(layouts['fer2013'], 'fer2013.csv')) as f:
+        rows = [line.rstrip('\n').split(',') for line in f]
+    assert rows[0] == ['emotion', 'pixels', 'Usage']
+    assert [row[2] for row in rows[1:]] == ['Training'] * 35 + ['PublicTest'] * 21 + ['PrivateTest'] * 21
+    assert all(len(row[1].split()) == 48 * 48 and 0 <= int(row[0]) < 7 for row in rows[1:])
+    with open(os.path.join(layouts['fer2013'], 'fer2013new.csv')) as f:
+        votes = [line.rstrip('\n').split(',') for line in f]
+    assert votes[0][:2] == ['Usage', 'Image name'] and len(votes) == len(rows)
+    assert [row[0] for row in votes[1:]] == [row[2] for row in rows[1:]]
+    assert all(sum(map(int, row[2:])) == 10 for row in votes[1:])  # ten annotators
+
+
+def test_ckplus_layout_has_subjects_sequences_and_emotion_files(layouts):
+    root = layouts['ckplus']
+    sequences = sorted(os.path.relpath(folder, os.path.join(root, 'cohn-kanade-images'))
+                       for folder, dirs, files in os.walk(os.path.join(root, 'cohn-kanade-images')) if files)
+    labelled = sorted(os.path.relpath(folder, os.path.join(root, 'Emotion'))
+                      for folder, dirs, files in os.walk(os.path.join(root, 'Emotion')) if files)
+    assert len(labelled) == 21 and len({s.split(os.sep)[0] for s in labelled}) == 8
+    assert len(sequences) == 21 + 2  # every 4th subject also has an unlabelled sequence
+    for sequence in labelled:
+        subject, number = sequence.split(os.sep)
+        frames = sorted(os.listdir(os.path.join(root, 'cohn-kanade-images', sequence)))
+        assert frames == [f'{subject}_{number}_{k:08d}.png' for k in range(1, 5)]
+        text = open(os.path.join(root, 'Emotion', sequence, f'{subject}_{number}_00000004_emotion.txt')).read()
+        assert re.fullmatch(r'   [1-7]\.0000000e\+00\n', text)
+    with Image.open(os.path.join(root, 'cohn-kanade-images', sequences[0], os.listdir(
+            os.path.join(root, 'cohn-kanade-images', sequences[0]))[0])) as image:
+        assert image.format == 'PNG' and image.mode == 'L'
+
+
+def test_clips_layout_lists_each_clip_with_onset_and_offset(layouts):
+    root = layouts['clips']
+    with open(os.path.join(root, 'labels.csv')) as f:
+        rows = [line.rstrip('\n').split(',') for line in f]
+    assert rows[0] == ['subject', 'clip', 'label', 'onset', 'offset'] and len(rows) == 10
+    for subject, clip, label, onset, offset in rows[1:]:
+        numbers = sorted(int(name[3:-4]) for name in os.listdir(os.path.join(root, 'clips', subject, clip)))
+        assert len(numbers) == 5 and numbers == list(range(numbers[0], numbers[0] + 5))
+        assert numbers[0] < int(onset) < int(offset) < numbers[-1] and label in synthetic.CLIP_CLASSES
+    assert {row[0] for row in rows[1:]} == {'sub01', 'sub02', 'sub03'}
+
+
+@pytest.mark.parametrize('layout', ['fer2013', 'ckplus', 'clips', 'folder'])
+def test_new_layouts_are_deterministic(layouts, layout, tmp_path):
+    again = synthetic.make_synthetic(str(tmp_path / 'again'), layout, **SMALL[layout], workers=1, **SILENT)
+    assert digest(again) == digest(layouts[layout])
+
+
+def test_sequence_layouts_have_no_test_split(tmp_path):
+    with pytest.raises(UserError, match='the ckplus layout has no test split'):
+        synthetic.make_synthetic(str(tmp_path / 'ck'), 'ckplus', 21, 10, **SILENT)

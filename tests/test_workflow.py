@@ -160,6 +160,7 @@ def test_flags_and_help_answer_before_torch_is_imported(tmp_path):
         ('train_search.py', ['--epochs', '10'], '15 warm-up epochs leave no architecture epoch in --epochs 10'),
         ('train_search.py', ['--save', 'runs/x'], "'runs/x' is a name, not a path"),
         ('train.py', ['--arch', 'DARTS_V2', '--genotype', 'Genotype()'], 'only one of'),
+        ('train_search.py', ['--dataset', 'ckplus', '--fold', '10'], 'argument --fold: 10 is not one of the folds'),
     ]:
         result = run(script, flags, tmp_path, check=False, env=no_torch)
         assert result.returncode == 2 and message in result.stderr, (flags, result.stderr)

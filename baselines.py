@@ -267,8 +267,8 @@ class CoResSE(nn.Module):
         self.gate = gate
         self.se = nn.Sequential(nn.Linear(features, features // CORES_SE_REDUCTION, bias=False), nn.ReLU(inplace=True),
                                 nn.Linear(features // CORES_SE_REDUCTION, features, bias=False), nn.Sigmoid())
-        self.classifier = nn.Sequential(nn.Linear(features, CORES_SE_HIDDEN), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                                        nn.Linear(CORES_SE_HIDDEN, num_classes))
+        self.classifier = nn.Sequential(nn.Linear(features, CORES_SE_HIDDEN), nn.ReLU(inplace=True),
+                                        nn.Dropout(dropout), nn.Linear(CORES_SE_HIDDEN, num_classes))
 
     def forward(self, x):
         features = torch.cat([self.resnet(x), self.convnext(x).flatten(1)], 1)
@@ -342,8 +342,8 @@ def load_pretrained(network, name, source, log=print):
             except Exception as e:  # noqa: BLE001 -- no network, proxy, disk: all mean the same to the user
                 raise UserError(f'--pretrained imagenet: could not download {weights.url} ({type(e).__name__}: '
                                 f'{str(e).splitlines()[0][:200]}); download {", ".join(pretrained_file_names(name))} '
-                                f'on a machine that can and give their folder (--pretrained FOLDER), or train from scratch with '
-                                f'--pretrained none') from None
+                                f'on a machine that can and give their folder (--pretrained FOLDER), or train from '
+                                f'scratch with --pretrained none') from None
         else:
             path = os.path.join(source, file_name)
             if not os.path.isfile(path):
@@ -353,7 +353,8 @@ def load_pretrained(network, name, source, log=print):
             try:
                 state = torch.load(path, map_location='cpu', weights_only=True)
             except Exception as e:  # noqa: BLE001 -- whatever is in the file, it is not these weights
-                raise UserError(f'--pretrained: {path} is not a readable weights file ({type(e).__name__}: {e})') from None
+                raise UserError(f'--pretrained: {path} is not a readable weights file '
+                                f'({type(e).__name__}: {e})') from None
         backbone = getattr(network, attribute) if attribute else network
         state = {k: v for k, v in state.items() if not k.startswith(IMAGENET_HEADS)}
         own = {k: v for k, v in backbone.state_dict().items() if not k.startswith(IMAGENET_HEADS)}

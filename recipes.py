@@ -28,7 +28,7 @@ RECIPES = {
     # not start at lr 0), Mixup/CutMix alpha 0.2 switch 0.5 with label smoothing 0.1, SWA over the last quarter,
     # batch 32, 50 epochs, 224 px, horizontal flips; classifier dropout 0.5.
     'cores_se': {'pretrained': 'imagenet', 'optimizer': 'adamw', 'learning_rate': 3e-4, 'weight_decay': 0.05,
-                 'scheduler': 'cosine', 'warmup_epochs': 3, 'learning_rate_min': 1e-6, 'mixup_alpha': 0.2,
+                 'scheduler': 'cosine', 'lr_warmup_epochs': 3, 'learning_rate_min': 1e-6, 'mixup_alpha': 0.2,
                  'cutmix_alpha': 0.2, 'mix_switch_prob': 0.5, 'label_smoothing': 0.1, 'swa_start': 0.75,
                  'batch_size': 32, 'epochs': 50, 'image_size': 224, 'grad_clip': 0.0, 'flip_noise': True,
                  'erasing': 'none', 'dropout': 0.5},

@@ -44,7 +44,7 @@ training.add_argument('--scheduler', choices=['cosine', 'step', 'plateau'], defa
                       help='cosine: to --learning_rate_min over --epochs; step: x --lr_gamma every --lr_step_size '
                            'epochs; plateau: x --lr_gamma after --plateau_patience epochs without a lower '
                            'validation loss (needs a validation set)')
-training.add_argument('--warmup_epochs', type=cli.non_negative_int, default=0,
+training.add_argument('--lr_warmup_epochs', type=cli.non_negative_int, default=0,
                       help='cosine, step: epoch t < W trains at (t+1)/W of --learning_rate')
 training.add_argument('--lr_step_size', type=cli.positive_int, default=30, help='step: epochs between lr drops')
 training.add_argument('--lr_gamma', type=cli.positive_float, default=0.1, help='step, plateau: the lr factor of a drop')
@@ -106,8 +106,8 @@ def check_args(parser, args):
     if args.model in recipes.TWO_BRANCH_MODELS and (args.mixup_alpha or args.cutmix_alpha):
         parser.error(f"--mixup_alpha and --cutmix_alpha do not combine with {args.model}'s two-branch training (its "
                      f"loss already mixes a uniform and a reversed batch)")
-    if args.scheduler == 'plateau' and args.warmup_epochs:
-        parser.error('argument --warmup_epochs: applies to --scheduler cosine or step, not plateau')
+    if args.scheduler == 'plateau' and args.lr_warmup_epochs:
+        parser.error('argument --lr_warmup_epochs: applies to --scheduler cosine or step, not plateau')
 
 
 if __name__ == '__main__':
@@ -267,8 +267,8 @@ def main(args, log):
         run.check_weights(model, epoch)
         if run.is_main:
             utils.log_scalars(writer, epoch, lr=lr, train_loss=train_loss.average(), test_loss=last['loss'],
-                              train_acc=train_metrics['accuracy'], train_balanced_acc=train_metrics['balanced_accuracy'],
-                              train_f1=train_metrics['f1'], test_acc=last['accuracy'],
+                              train_acc=train_metrics['accuracy'], train_f1=train_metrics['f1'],
+                              train_balanced_acc=train_metrics['balanced_accuracy'], test_acc=last['accuracy'],
                               test_balanced_acc=last['balanced_accuracy'], test_precision=last['precision'],
                               test_recall=last['recall'], test_f1=last['f1'],
                               **({f'valid_{key}': valid[key] for key in SUMMARY} if valid is not None else {}))
@@ -340,14 +340,14 @@ def make_scheduler(optimizer, args):
     if args.scheduler == 'plateau':
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=args.lr_gamma,
                                                           patience=args.plateau_patience)
-    if args.scheduler == 'cosine' and not args.warmup_epochs:  # the released schedule
+    if args.scheduler == 'cosine' and not args.lr_warmup_epochs:  # the released schedule
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
 
     def factor(epoch):
         # A warm-up never trains at lr 0 (CoRes-SE's notebook trained its first two epochs at 0): its epoch t < W
         # is at (t+1)/W; then the schedule goes on as if it had started at epoch 0.
-        if epoch < args.warmup_epochs:
-            return (epoch + 1) / args.warmup_epochs
+        if epoch < args.lr_warmup_epochs:
+            return (epoch + 1) / args.lr_warmup_epochs
         if args.scheduler == 'step':
             return args.lr_gamma ** (epoch // args.lr_step_size)
         floor = args.learning_rate_min / args.learning_rate

@@ -28,7 +28,7 @@ def parse(argv):
 def test_a_models_recipe_gives_the_defaults_and_every_item_is_overridable():
     args = parse(['--model', 'cores_se', '--epochs', '2', '--swa_start', 'none'])
     assert args.recipe == 'cores_se'
-    assert (args.optimizer, args.learning_rate, args.weight_decay, args.warmup_epochs, args.image_size) == \
+    assert (args.optimizer, args.learning_rate, args.weight_decay, args.lr_warmup_epochs, args.image_size) == \
         ('adamw', 3e-4, 0.05, 3, 224)
     assert (args.mixup_alpha, args.cutmix_alpha, args.label_smoothing, args.pretrained) == (0.2, 0.2, 0.1, 'imagenet')
     assert (args.epochs, args.swa_start) == (2, None)  # given on the command line: the recipe does not apply
@@ -46,7 +46,7 @@ def test_a_models_recipe_gives_the_defaults_and_every_item_is_overridable():
     (['--model', 'rlr_cnet', '--mixup_alpha', '0.2'], "do not combine with rlr_cnet's two-branch training"),
     (['--model', 'fgw_fer', '--pretrained', 'imagenet'], '--pretrained: applies to --model shufflenet_v2 or cores_se'),
     (['--model', 'cores_se', '--pretrained', '/no/such/folder'], '/no/such/folder is no folder'),
-    (['--scheduler', 'plateau', '--warmup_epochs', '2'], '--warmup_epochs: applies to --scheduler cosine or step'),
+    (['--scheduler', 'plateau', '--lr_warmup_epochs', '2'], '--lr_warmup_epochs: applies to --scheduler cosine'),
 ])
 def test_flags_that_do_not_fit_the_model_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):

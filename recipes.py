@@ -37,6 +37,7 @@ RECIPES = {
 MODELS = ('gla_fernet', *RECIPES)
 TWO_BRANCH_MODELS = ('rlr_cnet',)  # trained on a uniform and a reversed batch per step (BBN)
 PRETRAINED_MODELS = ('shufflenet_v2', 'cores_se')  # have ImageNet backbones for --pretrained
+MIN_IMAGE_SIZE = {'cores_se': 32}  # ConvNeXt-Tiny's four downsamplings by 4, 2, 2, 2
 
 
 def model_recipe(model, dataset):

@@ -106,6 +106,9 @@ def check_args(parser, args):
     if args.model in recipes.TWO_BRANCH_MODELS and (args.mixup_alpha or args.cutmix_alpha):
         parser.error(f"--mixup_alpha and --cutmix_alpha do not combine with {args.model}'s two-branch training (its "
                      f"loss already mixes a uniform and a reversed batch)")
+    if args.image_size < recipes.MIN_IMAGE_SIZE.get(args.model, 1):
+        parser.error(f'argument --image_size: {args.model} needs at least {recipes.MIN_IMAGE_SIZE[args.model]} pixels, '
+                     f'got {args.image_size}')
     if args.scheduler == 'plateau' and args.lr_warmup_epochs:
         parser.error('argument --lr_warmup_epochs: applies to --scheduler cosine or step, not plateau')
 

@@ -46,6 +46,7 @@ def test_a_models_recipe_gives_the_defaults_and_every_item_is_overridable():
     (['--model', 'rlr_cnet', '--mixup_alpha', '0.2'], "do not combine with rlr_cnet's two-branch training"),
     (['--model', 'fgw_fer', '--pretrained', 'imagenet'], '--pretrained: applies to --model shufflenet_v2 or cores_se'),
     (['--model', 'cores_se', '--pretrained', '/no/such/folder'], '/no/such/folder is no folder'),
+    (['--model', 'cores_se', '--image_size', '16'], '--image_size: cores_se needs at least 32 pixels, got 16'),
     (['--scheduler', 'plateau', '--lr_warmup_epochs', '2'], '--lr_warmup_epochs: applies to --scheduler cosine'),
 ])
 def test_flags_that_do_not_fit_the_model_are_refused(argv, message, capsys):

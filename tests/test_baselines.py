@@ -13,6 +13,8 @@ import utils
 from cli import UserError
 from model_search_softmax_sigmoid import channel_shuffle
 
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 
 @pytest.mark.parametrize('name, options, params, weights', [
     ('fgw_fer', {}, 64_176, None),

@@ -14,6 +14,8 @@ import train
 import utils
 from cli import UserError
 
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 TINY = ['--epochs', '1', '--batch_size', '16', '--image_size', '16', '--workers', '0', '--device', 'cpu',
         '--report_freq', '2']
 RAFDB_TRAIN = (1290, 281, 717, 4772, 1982, 705, 2524)  # RAF-DB's training images per class

@@ -1,7 +1,9 @@
-"""Speed and size of the search step, the discrete network and the data pipeline on the current device."""
+"""Speed and size of the search step, a trained network (GLA-FERNet's discrete one or a baseline) and the data
+pipeline on the current device."""
 import argparse
 
 import cli
+import recipes
 
 parser = argparse.ArgumentParser('benchmark', description=__doc__)
 parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='where to measure')
@@ -9,6 +11,10 @@ parser.add_argument('--batch_size', type=cli.positive_int, default=64, help='bat
 parser.add_argument('--init_channels', type=cli.positive_int, default=16, help='supernet init channels')
 parser.add_argument('--layers', type=cli.positive_int, default=8, help='layers of both networks')
 parser.add_argument('--eval_channels', type=cli.positive_int, default=36, help='discrete network (GLA_FERNet) init channels')
+parser.add_argument('--model', choices=recipes.MODELS, default='gla_fernet',
+                    help="the trained network to measure (gla_fernet: GLA_FERNet's genotype, --eval_channels and "
+                         "--layers; the baselines as train.py builds them by default)")
+parser.add_argument('--skip_search', action='store_true', help='measure the network alone: no search step, no data pipeline')
 parser.add_argument('--image_size', type=cli.positive_int, default=48, help='input size')
 parser.add_argument('--sampling', choices=['sequential', 'random'], default='sequential', help='supernet variant')
 parser.add_argument('--k', type=cli.positive_int, default=4, help='partial-channel ratio')
@@ -38,8 +44,8 @@ import data_loader  # noqa: E402
 import genotypes  # noqa: E402
 import utils  # noqa: E402
 from architect import Architect  # noqa: E402
-from model import Network  # noqa: E402
-from train import train_step  # noqa: E402
+from baselines import create_model  # noqa: E402
+from train import train_step, training_batch  # noqa: E402
 from train_search import SUPERNETS, search_step  # noqa: E402
 
 
@@ -69,29 +75,10 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # Linux reports KiB
 
 
-def main(args, log):
-    device, _, _ = utils.init_distributed(args.device)
-    torch.manual_seed(0)
-    torch.backends.cudnn.benchmark = device.type == 'cuda'
-    amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
-    search_format = torch.channels_last if args.search_channels_last else torch.contiguous_format
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+def measure_search(args, x, y, device, amp_dtype, use_scaler, search_format, results, record, log):
+    """The search step (first order, and --unrolled unless skipped) and its per-call overhead."""
     batch = args.batch_size
-    x = torch.randn(batch, 3, args.image_size, args.image_size, device=device).contiguous(memory_format=search_format)
-    y = torch.randint(0, 7, (batch,), device=device)
-    results, spread, rows = {}, {}, []
-
-    def record(key, seconds, images, unit='img/s'):
-        median, low, high = seconds
-        if unit == 'img/s':
-            results[key], spread[key] = images / median, [images / high, images / low]
-            rows.append((key, f'{images / median:10.1f} img/s', f'{1e3 * median:9.2f} ms',
-                         f'[{images / high:.1f}, {images / low:.1f}]'))
-        else:
-            results[key], spread[key] = 1e3 * median, [1e3 * low, 1e3 * high]
-            rows.append((key, f'{1e3 * median:10.2f} ms', '', f'[{1e3 * low:.2f}, {1e3 * high:.2f}]'))
-
-    # Search step: one architecture step on a held-out batch, then one weight step (train_search.search_step).
+    # One architecture step on a held-out batch, then one weight step (train_search.search_step).
     supernet = SUPERNETS[args.sampling](args.init_channels, 7, args.layers, k=args.k, image_size=args.image_size)
     supernet = supernet.to(device, memory_format=search_format)
     results['supernet_params'] = utils.count_parameters(supernet, supernet.arch_parameters())
@@ -115,29 +102,9 @@ def main(args, log):
         search_step(supernet, eager_architect, update, (tiny_x, tiny_y), (tiny_x, tiny_y), False)
     record('search_step_overhead_ms', measure(overhead_step, device, args.steps, args.repeats), 1, unit='ms')
 
-    # Discrete network with the released genotype: training step, evaluation, batch-1 latency.
-    net = Network(args.eval_channels, 7, args.layers, False, genotypes.GLA_FERNet, image_size=args.image_size).to(device)
-    results['eval_params'] = utils.count_parameters(net)
-    results['eval_flops'] = utils.count_flops(net, args.image_size, device)
-    net = net.to(memory_format=memory_format)
-    net.drop_path_prob.fill_(0.2)
-    x = x.contiguous(memory_format=memory_format)
-    forward_net = utils.maybe_compile(net, x, log) if args.compile else net
-    optimizer = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
-    update = utils.WeightUpdate(list(net.parameters()), optimizer, scaler, 5.0, amp_dtype)
-    forward_net.train()
-    record('train_step_img_s', measure(lambda: train_step(forward_net, update, x, y, 0.4), device, args.steps,
-                                       args.repeats), batch)
-    forward_net.eval()
-    eval_batch = torch.randn(4 * batch, 3, args.image_size, args.image_size, device=device).contiguous(
-        memory_format=memory_format)
-    with torch.no_grad(), utils.autocast(device, amp_dtype):
-        record('eval_img_s', measure(lambda: forward_net(eval_batch), device, args.steps, args.repeats), 4 * batch)
-        single = x[:1].contiguous(memory_format=memory_format)
-        record('latency_bs1_ms', measure(lambda: net(single), device, args.steps * 2, args.repeats), 1, unit='ms')
-    results['peak_mem_mb'] = peak_memory_mb(device)
 
-    # The real pipeline: a generated synthetic RAF-DB folder, decoded, augmented on the device.
+def measure_data(args, batch, device, results, rows):
+    """The real pipeline: a generated synthetic RAF-DB folder, decoded, augmented on the device."""
     with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(None):
         from synthetic import make_synthetic
         make_synthetic(f'{root}/synthetic', n_train=1500, n_test=21, seed=0, log=lambda *a: None)
@@ -148,9 +115,70 @@ def main(args, log):
         results['data_img_s'] = statistics.median(data_loader.measure_throughput(loader) for _ in range(3))
     rows.append(('data_img_s', f'{results["data_img_s"]:10.1f} img/s', '', ''))
 
-    config = {key: getattr(args, key) for key in ('batch_size', 'init_channels', 'layers', 'eval_channels', 'image_size',
-                                                  'sampling', 'k', 'amp', 'compile', 'channels_last', 'search_channels_last',
-                                                  'steps', 'repeats')}
+
+def main(args, log):
+    device, _, _ = utils.init_distributed(args.device)
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = device.type == 'cuda'
+    amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
+    search_format = torch.channels_last if args.search_channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    batch = args.batch_size
+    x = torch.randn(batch, 3, args.image_size, args.image_size, device=device).contiguous(memory_format=search_format)
+    y = torch.randint(0, 7, (batch,), device=device)
+    results, spread, rows = {}, {}, []
+
+    def record(key, seconds, images, unit='img/s'):
+        median, low, high = seconds
+        if unit == 'img/s':
+            results[key], spread[key] = images / median, [images / high, images / low]
+            rows.append((key, f'{images / median:10.1f} img/s', f'{1e3 * median:9.2f} ms',
+                         f'[{images / high:.1f}, {images / low:.1f}]'))
+        else:
+            results[key], spread[key] = 1e3 * median, [1e3 * low, 1e3 * high]
+            rows.append((key, f'{1e3 * median:10.2f} ms', '', f'[{1e3 * low:.2f}, {1e3 * high:.2f}]'))
+
+    if not args.skip_search:
+        measure_search(args, x, y, device, amp_dtype, use_scaler, search_format, results, record, log)
+    # The trained network: training step, evaluation, batch-1 latency.
+    if args.model == 'gla_fernet':
+        net = create_model('gla_fernet', 7, genotype=genotypes.GLA_FERNet, init_channels=args.eval_channels,
+                           layers=args.layers, image_size=args.image_size)
+    else:
+        net = create_model(args.model, 7)
+    net = net.to(device)
+    results['eval_params'] = utils.count_parameters(net)
+    results['eval_weights'] = utils.count_weights(net)
+    results['eval_flops'] = utils.count_flops(net, args.image_size, device)
+    results['eval_macs'] = results['eval_flops'] // 2
+    net = net.to(memory_format=memory_format)
+    if hasattr(net, 'drop_path_prob'):
+        net.drop_path_prob.fill_(0.2)
+    x = x.contiguous(memory_format=memory_format)
+    forward_net = utils.maybe_compile(net, x, log) if args.compile else net
+    optimizer = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    update = utils.WeightUpdate(list(net.parameters()), optimizer, scaler, 5.0, amp_dtype)
+    # A two-branch network (RLR-CNet) learns from two batches per step: the images counted are the first batch's.
+    inputs, loss_fn = training_batch(x, y, 0.0, second=(x, y) if args.model in recipes.TWO_BRANCH_MODELS else None,
+                                     alpha=0.5)
+    forward_net.train()
+    record('train_step_img_s', measure(lambda: train_step(forward_net, update, inputs, loss_fn, 0.4), device,
+                                       args.steps, args.repeats), batch)
+    forward_net.eval()
+    eval_batch = torch.randn(4 * batch, 3, args.image_size, args.image_size, device=device).contiguous(
+        memory_format=memory_format)
+    with torch.no_grad(), utils.autocast(device, amp_dtype):
+        record('eval_img_s', measure(lambda: forward_net(eval_batch), device, args.steps, args.repeats), 4 * batch)
+        single = x[:1].contiguous(memory_format=memory_format)
+        record('latency_bs1_ms', measure(lambda: net(single), device, args.steps * 2, args.repeats), 1, unit='ms')
+    results['peak_mem_mb'] = peak_memory_mb(device)
+
+    if not args.skip_search:
+        measure_data(args, batch, device, results, rows)
+    config = {key: getattr(args, key) for key in ('model', 'batch_size', 'init_channels', 'layers', 'eval_channels',
+                                                  'image_size', 'sampling', 'k', 'amp', 'compile', 'channels_last',
+                                                  'search_channels_last', 'skip_search', 'steps', 'repeats')}
     results.update(spread=spread, config=config, torch=torch.__version__, cuda=torch.version.cuda,
                    device=torch.cuda.get_device_name(device) if device.type == 'cuda'
                    else f'{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)')
@@ -159,8 +187,10 @@ def main(args, log):
     print(f'{"measure":28s} {"median":>16s} {"per step":>12s}  spread [min, max]')
     for row in rows:
         print(f'{row[0]:28s} {row[1]:>16s} {row[2]:>12s}  {row[3]}')
-    print(f'peak memory {results["peak_mem_mb"]:.0f} MB; supernet {results["supernet_params"]:,} parameters; '
-          f'GLA_FERNet {results["eval_params"]:,} parameters, {results["eval_flops"] / 1e6:.1f} MFLOPs')
+    print(f'peak memory {results["peak_mem_mb"]:.0f} MB; ' +
+          (f'supernet {results["supernet_params"]:,} parameters; ' if 'supernet_params' in results else '') +
+          f'{args.model} {results["eval_params"]:,} parameters ({results["eval_weights"]:,} convolution and linear '
+          f'weights), {results["eval_flops"] / 1e6:.1f} MFLOPs = {results["eval_macs"] / 1e6:.1f} M multiply-adds')
     if args.json:
         utils.write_json(args.json, results)
 

@@ -133,7 +133,7 @@ def add_optimizer_arguments(parser):
     group.add_argument('--learning_rate_min', type=non_negative_float, default=0.0, help='min learning rate of the cosine schedule')
     group.add_argument('--momentum', type=non_negative_float, default=0.9, help='momentum')
     group.add_argument('--weight_decay', type=non_negative_float, default=3e-4, help='weight decay')
-    group.add_argument('--grad_clip', type=positive_float, default=5, help='gradient clipping (max norm)')
+    group.add_argument('--grad_clip', type=non_negative_float, default=5, help='gradient clipping (max norm); 0: none')
     group.add_argument('--report_freq', type=positive_int, default=50,
                        help='log a progress line every this many steps (the console also gets one every 30 s)')
 
@@ -253,6 +253,21 @@ def data_flags(args):
             text = ','.join(value) if isinstance(value, list) else str(value)
             flags.append(f'--{name} {shlex.quote(text)}')
     return ' '.join(flags)
+
+
+def portion(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f'must lie in [0, 1), got {text}')
+    return value
+
+
+def optional(value_type):
+    """A flag type that also takes 'none' (None): for flags that a recipe sets and a user may switch off."""
+    def parse_optional(text):
+        return None if text == 'none' else value_type(text)
+    parse_optional.__name__ = value_type.__name__  # argparse names the type in its error messages
+    return parse_optional
 
 
 def run_name(text):

@@ -403,13 +403,18 @@ def resize(x, size):
     return F.interpolate(x.float(), size=(size, size), mode='bilinear', antialias=True, align_corners=False).round_()
 
 
-def random_erasing(x, generator, p=ERASE_P, scale=ERASE_SCALE, ratio=ERASE_RATIO, value=0.0):
-    """torchvision's RandomErasing (up to 10 box attempts, first that fits wins) for every sample at once."""
+def random_erasing(x, generator, p=ERASE_P, scale=ERASE_SCALE, ratio=ERASE_RATIO, value=0.0,
+                   attempts=ERASE_ATTEMPTS, log_ratio=True, upper_half=False):
+    """torchvision's RandomErasing (up to 10 box attempts, first that fits wins) for every sample at once.
+
+    The other arguments give RLR-CNet's upper-half masking (its Eqs. 1-4): 100 attempts, aspect ratio uniform in
+    `ratio` (not log-uniform), the box's top edge in the upper half of the image, a fill `value` that may be a
+    tensor of x's shape (random pixels)."""
     b, _, height, width = x.shape
     area = height * width
-    uniform = lambda lo, hi: torch.empty(b, ERASE_ATTEMPTS, device=x.device).uniform_(lo, hi, generator=generator)
+    uniform = lambda lo, hi: torch.empty(b, attempts, device=x.device).uniform_(lo, hi, generator=generator)
     target = area * uniform(*scale)
-    aspect = uniform(math.log(ratio[0]), math.log(ratio[1])).exp()
+    aspect = uniform(math.log(ratio[0]), math.log(ratio[1])).exp() if log_ratio else uniform(*ratio)
     h = (target * aspect).sqrt().round()
     w = (target / aspect).sqrt().round()
     fits = (h < height) & (w < width)
@@ -417,13 +422,18 @@ def random_erasing(x, generator, p=ERASE_P, scale=ERASE_SCALE, ratio=ERASE_RATIO
     h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
     u = torch.rand(b, 3, generator=generator, device=x.device)
     apply = (u[:, 0] < p) & fits.any(1)
-    top = (u[:, 1] * (height - h + 1)).floor()
+    last_top = height - h
+    if upper_half:
+        last_top = last_top.clamp(max=math.ceil(height / 2) - 1)
+    top = (u[:, 1] * (last_top + 1)).floor()
     left = (u[:, 2] * (width - w + 1)).floor()
     rows = torch.arange(height, device=x.device)
     cols = torch.arange(width, device=x.device)
     in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
     in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
     mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
+    if isinstance(value, torch.Tensor):
+        return torch.where(mask[:, None], value, x)
     return x.masked_fill(mask[:, None], value)
 
 
@@ -438,12 +448,101 @@ def prepare_batch(images, image_size=IMAGE_SIZE, augment=False, generator=None, 
     """uint8 N x 3 x S x S -> normalised float N x 3 x image_size x image_size, augmented if asked.
 
     As in the released loader, flip / noise act on the source image, erasing on the normalised one.
+    augment: False, True (the released augmentation) or an Augmentation.
     normalise: normaliser(device), made once by the caller so that no per-batch host-to-device copy is needed.
     """
+    augment = RELEASED_AUGMENTATION if augment is True else augment
     scale, shift = normalise if normalise is not None else normaliser(images.device)
-    x = source_augment(images, generator) if augment else images
+    x = source_augment(images, generator) if augment and augment.flip_noise else images
     x = torch.addcmul(shift, resize(x, image_size), scale)
-    return random_erasing(x, generator) if augment else x
+    return augment.erase(x, generator, (scale, shift)) if augment else x
+
+
+# ---------------------------------------------------------------- training options: augmentation, samplers, mixing
+
+MASK_P, MASK_SCALE, MASK_RATIO, MASK_ATTEMPTS = 0.5, (0.04, 0.3), (0.3, 1 / 0.3), 100  # RLR-CNet Table 1, Eqs. 1-4
+MIX_STREAM = 1000  # the mixer's entropy key, apart from the loaders' streams (2 per loader, see DeviceLoader)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """A training augmentation: the released flip / noise on the source image (flip_noise), then erasing:
+    'released' (torchvision's RandomErasing, as the released code), 'upper' (RLR-CNet's upper-half masking, the
+    box filled with `fill`: uniform random pixels, the mean pixel or black) or 'none'."""
+    flip_noise: bool = True
+    erasing: str = 'released'
+    fill: str = 'random'
+
+    def erase(self, x, generator, normalise):
+        if self.erasing == 'released':
+            return random_erasing(x, generator)
+        if self.erasing == 'none':
+            return x
+        scale, shift = normalise
+        value = {'random': lambda: torch.rand(x.shape, generator=generator, device=x.device) * 255 * scale + shift,
+                 'mean': lambda: 0.0, 'black': lambda: shift}[self.fill]()
+        return random_erasing(x, generator, MASK_P, MASK_SCALE, MASK_RATIO, value, attempts=MASK_ATTEMPTS,
+                              log_ratio=False, upper_half=True)
+
+
+RELEASED_AUGMENTATION = Augmentation()
+
+
+def sampling_weights(labels, sampler):
+    """Per-image weights of a sampler that draws a class, then one of its images uniformly: 'balanced' draws
+    every class equally often, 'reversed' (BBN, RLR-CNet Sec. 3.4) class i with probability proportional to
+    N_max / N_i, N_i its number of images; None for 'uniform' (a shuffle)."""
+    if sampler == 'uniform':
+        return None
+    counts = torch.bincount(labels.cpu()).double()
+    class_weights = torch.where(counts > 0, counts.max() / counts.clamp(min=1) if sampler == 'reversed' else 1.0, 0.0)
+    return (class_weights / counts.clamp(min=1))[labels.cpu()]
+
+
+def soft_targets(labels, num_classes, smoothing=0.0):
+    """One-hot targets with label smoothing: smoothing / K on every class and 1 - smoothing more on the true one
+    (cross_entropy(label_smoothing=...)'s convention); each row sums to 1."""
+    return F.one_hot(labels, num_classes).float() * (1 - smoothing) + smoothing / num_classes
+
+
+class BatchMixer:
+    """Mixup or CutMix of whole batches on the device (CoRes-SE's recipe: timm's Mixup in batch mode): each image
+    is mixed with the one at the mirrored position of its (shuffled) batch, with one lam ~ Beta(alpha, alpha) per
+    batch; CutMix pastes a box of area 1 - lam (clipped at the border, lam then recomputed from the box) instead of
+    blending. With both alphas above 0, CutMix is chosen with probability switch_prob. Returns the mixed images and
+    soft targets (label smoothing included) that sum to 1.
+
+    Its random numbers are drawn on the host from (seed, epoch) alone (set_epoch), so that a resumed run mixes
+    exactly as an uninterrupted one, and no step waits for the device."""
+
+    def __init__(self, num_classes, mixup_alpha, cutmix_alpha, switch_prob=0.5, smoothing=0.0, seed=0):
+        assert mixup_alpha > 0 or cutmix_alpha > 0
+        self.num_classes, self.mixup_alpha, self.cutmix_alpha = num_classes, mixup_alpha, cutmix_alpha
+        self.switch_prob, self.smoothing, self.seed = switch_prob, smoothing, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        self.rng = np.random.default_rng([self.seed, epoch, MIX_STREAM])
+
+    def __call__(self, x, labels):
+        cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or self.rng.random() < self.switch_prob)
+        alpha = self.cutmix_alpha if cutmix else self.mixup_alpha
+        lam = float(self.rng.beta(alpha, alpha))
+        partner = x.flip(0)
+        if cutmix:
+            height, width = x.shape[-2:]
+            cut = math.sqrt(1 - lam)
+            half_h, half_w = int(height * cut) // 2, int(width * cut) // 2
+            cy, cx = int(self.rng.integers(height)), int(self.rng.integers(width))
+            top, bottom = max(cy - half_h, 0), min(cy + half_h, height)
+            left, right = max(cx - half_w, 0), min(cx + half_w, width)
+            x = x.clone()
+            x[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
+            lam = 1 - (bottom - top) * (right - left) / (height * width)
+        else:
+            x = x * lam + partner * (1 - lam)
+        targets = soft_targets(labels, self.num_classes, self.smoothing)
+        return x, targets * lam + targets.flip(0) * (1 - lam)
 
 
 # ---------------------------------------------------------------- loader
@@ -456,13 +555,17 @@ class DeviceLoader:
     """Batches of a uint8 image tensor, gathered, augmented and normalised on the training device."""
 
     def __init__(self, images, labels, batch_size, device, image_size=IMAGE_SIZE, augment=False, shuffle=False,
-                 drop_last=False, seed=0, rank=0, world_size=1, channels_last=False):
+                 drop_last=False, seed=0, rank=0, world_size=1, channels_last=False, sampler='uniform', stream=0):
+        """augment: False, True (the released augmentation) or an Augmentation. sampler: 'uniform' (all images,
+        shuffled if `shuffle`) or a class sampler of sampling_weights, drawing as many images with replacement.
+        stream: loaders of one run with different streams draw independently from the same seed."""
         assert len(images) == len(labels) and 0 <= rank < world_size
         self.device = torch.device(device)
         self.batch_size, self.image_size, self.augment = batch_size, image_size, augment
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
-        self.epoch = 0
+        self.epoch, self.stream = 0, stream
+        self.weights = sampling_weights(labels, sampler)
         self.normalise = normaliser(self.device)
         self.labels = labels.to(self.device, torch.int64)
         self.resident = self.device.type == 'cpu'  # whether batches are gathered where the images live
@@ -489,8 +592,10 @@ class DeviceLoader:
 
     def _order(self):
         n = len(self.labels)
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch, 0))
+        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch, 2 * self.stream))
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=generator)  # same on every rank
+        elif self.shuffle:
             order = torch.randperm(n, generator=generator)  # identical on every rank
         else:
             order = torch.arange(n)
@@ -504,7 +609,8 @@ class DeviceLoader:
         order_device = order.pin_memory().to(self.device, non_blocking=True) if self.device.type == 'cuda' else order
         generator = None
         if self.augment:
-            generator = torch.Generator(device=self.device).manual_seed(_epoch_seed(self.seed, self.epoch, 1))
+            generator = torch.Generator(device=self.device).manual_seed(
+                _epoch_seed(self.seed, self.epoch, 2 * self.stream + 1))
         for b in range(len(self)):
             batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
             if self.resident:

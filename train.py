@@ -1,10 +1,17 @@
-"""Train a searched GLA-FERNet architecture from scratch and evaluate it on the test set (paper Sec. 4)."""
+"""Train a network from scratch (or from ImageNet backbones) and evaluate it on the test set: a searched GLA-FERNet
+architecture (paper Sec. 4) or one of the hand-designed FER networks it is compared with (baselines.py), each with
+its paper's recipe; model selection on a validation split where there is one."""
+import argparse
+import os
+
 import cli
+import recipes
 
 parser = cli.training_parser('train', __doc__, seed=0, channels_last=True)
 network = parser.add_argument_group('network')
-network.add_argument('--model', choices=['gla_fernet'], default='gla_fernet',
-                     help='the network to train: gla_fernet is the discrete network of a genotype')
+network.add_argument('--model', choices=recipes.MODELS, default='gla_fernet',
+                     help='the network to train: gla_fernet is the discrete network of a genotype; the others are '
+                          'hand-designed FER networks, whose paper\'s recipe gives the defaults (README "Baselines")')
 network.add_argument('--epochs', type=cli.positive_int, default=600, help='num of training epochs')
 network.add_argument('--init_channels', type=cli.positive_int, default=36, help='num of init channels')
 network.add_argument('--layers', type=cli.positive_int, default=8, help='total number of layers')
@@ -16,6 +23,70 @@ network.add_argument('--genotype', default=None, help='genotype text, "Genotype(
 network.add_argument('--genotype_file', default=None,
                      help="genotype.txt written by train_search.py, its run folder, or a pattern such as 'search-EXP-*' "
                           "(the matching search with the newest genotype.txt)")
+network.add_argument('--fgw_all_conv', action='store_true',
+                     help='fgw_fer: the ablation with 3x3 convolutions in place of the separable ones')
+network.add_argument('--rlr_split', choices=['bbn', 'literal'], default='bbn',
+                     help="rlr_cnet: the two branches are copies of Stage 4's last block (bbn) or of Stage 4 and conv5 "
+                          "(literal, the paper's text)")
+network.add_argument('--rlr_mish', choices=['blocks', 'all'], default='blocks',
+                     help='rlr_cnet: beta-Mish inside the blocks only, or also in conv1 and conv5')
+network.add_argument('--se_gate', choices=['sample', 'batch'], default='sample',
+                     help="cores_se: the SE gate of each image's own features, or the notebook's gate of the batch "
+                          "mean (a prediction then depends on the other images of its batch)")
+network.add_argument('--dropout', type=cli.non_negative_float, default=0.5,
+                     help='fgw_fer, cores_se: dropout before the classifier')
+network.add_argument('--pretrained', type=cli.optional(str), default=None,
+                     help="shufflenet_v2, cores_se: ImageNet weights for the backbones: 'imagenet' (torchvision "
+                          "downloads them), a folder holding torchvision's weight files, or 'none'")
+training = parser.add_argument_group("training options (any model; a model's recipe sets some of them)")
+training.add_argument('--optimizer', choices=['sgd', 'adamw'], default='sgd', help='sgd uses --momentum')
+training.add_argument('--scheduler', choices=['cosine', 'step', 'plateau'], default='cosine',
+                      help='cosine: to --learning_rate_min over --epochs; step: x --lr_gamma every --lr_step_size '
+                           'epochs; plateau: x --lr_gamma after --plateau_patience epochs without a lower '
+                           'validation loss (needs a validation set)')
+training.add_argument('--lr_warmup_epochs', type=cli.non_negative_int, default=0,
+                      help='cosine, step: epoch t < W trains at (t+1)/W of --learning_rate')
+training.add_argument('--lr_step_size', type=cli.positive_int, default=30, help='step: epochs between lr drops')
+training.add_argument('--lr_gamma', type=cli.positive_float, default=0.1, help='step, plateau: the lr factor of a drop')
+training.add_argument('--plateau_patience', type=cli.non_negative_int, default=10,
+                      help='plateau: epochs without a lower validation loss before the lr drops')
+training.add_argument('--label_smoothing', type=cli.portion, default=0.0, help='label smoothing of the loss')
+training.add_argument('--mixup_alpha', type=cli.non_negative_float, default=0.0,
+                      help='Mixup of each batch, lam ~ Beta(a, a); 0: none')
+training.add_argument('--cutmix_alpha', type=cli.non_negative_float, default=0.0,
+                      help='CutMix of each batch, lam ~ Beta(a, a); 0: none')
+training.add_argument('--mix_switch_prob', type=cli.portion, default=0.5,
+                      help='with both alphas above 0: the probability that a batch gets CutMix rather than Mixup')
+training.add_argument('--swa_start', type=cli.optional(cli.portion), default=None,
+                      help="SWA: average the weights after each epoch from this fraction of --epochs on, then "
+                           "recompute BatchNorm statistics; writes swa.pt (default and 'none': no SWA)")
+training.add_argument('--sampler', choices=['uniform', 'balanced', 'reversed'], default='uniform',
+                      help='training batches: a shuffle of all images, or images drawn with replacement, the classes '
+                           'equally often (balanced) or in proportion to 1/N_class (reversed, BBN)')
+training.add_argument('--flip_noise', action=argparse.BooleanOptionalAction, default=True,
+                      help='the released augmentation: with p=0.5 a horizontal flip or Gaussian noise')
+training.add_argument('--erasing', choices=['released', 'upper', 'none'], default='released',
+                      help="released: torchvision's RandomErasing (the released code); upper: RLR-CNet's masking, the "
+                           "box's top edge in the upper half of the face; none")
+training.add_argument('--mask_fill', choices=['random', 'mean', 'black'], default='random',
+                      help='--erasing upper: what fills the box (random pixels, the ImageNet mean pixel, black)')
+training.add_argument('--val_portion', type=cli.portion, default=0.0,
+                      help='a seeded, class-stratified share of the training set held out for validation, on which '
+                           'best.pt and the plateau scheduler select (default 0: none, as released)')
+
+# Flags of some models only: given to another model (with a value other than the default), they are refused.
+MODEL_FLAGS = {'arch': ('gla_fernet',), 'genotype': ('gla_fernet',), 'genotype_file': ('gla_fernet',),
+               'init_channels': ('gla_fernet',), 'layers': ('gla_fernet',), 'auxiliary': ('gla_fernet',),
+               'drop_path_prob': ('gla_fernet',), 'fgw_all_conv': ('fgw_fer',), 'rlr_split': ('rlr_cnet',),
+               'rlr_mish': ('rlr_cnet',), 'se_gate': ('cores_se',), 'dropout': ('fgw_fer', 'cores_se'),
+               'pretrained': recipes.PRETRAINED_MODELS}
+
+
+def recipe(args):
+    """The published settings of the network to train, as defaults of the flags not given (recipes.py)."""
+    if args.model != 'gla_fernet':
+        return args.model, recipes.model_recipe(args.model, args.dataset)
+    return 'gla_fernet', {}
 
 
 def check_args(parser, args):
@@ -24,24 +95,43 @@ def check_args(parser, args):
         parser.error(f'give only one of --arch, --genotype, --genotype_file (got {", ".join("--" + g for g in given)})')
     if not args.drop_path_prob < 1:
         parser.error(f'argument --drop_path_prob: {args.drop_path_prob} must be below 1')
+    if not args.dropout < 1:
+        parser.error(f'argument --dropout: {args.dropout} must be below 1')
+    for flag, models in MODEL_FLAGS.items():
+        if args.model not in models and getattr(args, flag) != parser.get_default(flag):
+            parser.error(f'argument --{flag}: applies to --model {" or ".join(models)}, not to --model {args.model}')
+    if args.pretrained not in (None, 'imagenet') and not os.path.isdir(args.pretrained):
+        parser.error(f"argument --pretrained: {args.pretrained} is no folder; give 'imagenet', 'none' or a folder "
+                     f"holding torchvision's ImageNet weight files")
+    if args.model in recipes.TWO_BRANCH_MODELS and (args.mixup_alpha or args.cutmix_alpha):
+        parser.error(f"--mixup_alpha and --cutmix_alpha do not combine with {args.model}'s two-branch training (its "
+                     f"loss already mixes a uniform and a reversed batch)")
+    if args.image_size < recipes.MIN_IMAGE_SIZE.get(args.model, 1):
+        parser.error(f'argument --image_size: {args.model} needs at least {recipes.MIN_IMAGE_SIZE[args.model]} pixels, '
+                     f'got {args.image_size}')
+    if args.scheduler == 'plateau' and args.lr_warmup_epochs:
+        parser.error('argument --lr_warmup_epochs: applies to --scheduler cosine or step, not plateau')
 
 
 if __name__ == '__main__':
     # Parsed before torch is imported (seconds on a busy machine): --help and a bad flag answer at once.
-    ARGS = cli.parse(parser, check_args)
+    ARGS = cli.parse(parser, check_args, recipe=recipe)
 
 import glob  # noqa: E402
-import os  # noqa: E402
+import math  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from torch.optim.swa_utils import AveragedModel, update_bn  # noqa: E402
 
 import data_loader  # noqa: E402
 import genotypes  # noqa: E402
 import utils  # noqa: E402
 import visualize  # noqa: E402
-from baselines import create_model, model_options  # noqa: E402
+from baselines import create_model, cumulative_alpha, load_pretrained, model_options  # noqa: E402
+
+NOT_YET = {'epoch': -1, 'accuracy': -1.0}  # the selection record before any epoch
 
 
 def main(args, log):
@@ -49,102 +139,266 @@ def main(args, log):
     if run.complete:
         return
     args, device, rank, world_size = run.args, run.device, run.rank, run.world_size
-    if run.checkpoint is None:
-        genotype, args.genotype_file = read_genotype(args)  # the file a pattern resolved to goes into args.json
-    else:
-        genotype = genotypes.parse_genotype(run.checkpoint['genotype'])
-    log(f'genotype = {genotypes.format_genotype(genotype)}')
+    genotype = None
+    if args.model == 'gla_fernet':
+        if run.checkpoint is None:
+            genotype, args.genotype_file = read_genotype(args)  # the file a pattern resolved to goes into args.json
+        else:
+            genotype = genotypes.parse_genotype(run.checkpoint['genotype'])
+        log(f'genotype = {genotypes.format_genotype(genotype)}')
+    recipe_name, settings = recipe(args)
+    used = {flag: getattr(args, flag) for flag in settings}
+    log(f'recipe {recipe_name}: ' + (', '.join(f'{flag} {value}' + ('' if value == settings[flag] else
+                                                                     f' (recipe: {settings[flag]})')
+                                               for flag, value in used.items()) or "the flags' defaults"))
 
     data = data_loader.load_from_args(args, log)
-    train_set, test_set = data.train, data.test
+    train_set, val_set, val_source = validation_split(data, args.val_portion, args.seed, log)
+    test_set = data.test
     class_names = train_set.class_names
     num_classes = len(class_names)
     loader_args = dict(device=device, image_size=args.image_size, seed=args.seed, rank=rank, world_size=world_size,
                        channels_last=args.channels_last)
-    train_loader = data_loader.DeviceLoader(train_set.images, train_set.labels, args.batch_size, augment=True,
-                                            shuffle=True, drop_last=True, **loader_args)
+    augmentation = data_loader.Augmentation(args.flip_noise, args.erasing, args.mask_fill)
+    train_loader = data_loader.DeviceLoader(train_set.images, train_set.labels, args.batch_size, augment=augmentation,
+                                            shuffle=True, drop_last=True, sampler=args.sampler, **loader_args)
+    # RLR-CNet's second branch learns from batches of the reversed sampler, drawn independently (stream 1).
+    reversed_loader = None
+    if args.model in recipes.TWO_BRANCH_MODELS:
+        reversed_loader = data_loader.DeviceLoader(train_set.images, train_set.labels, args.batch_size,
+                                                   augment=augmentation, drop_last=True, sampler='reversed', stream=1,
+                                                   **loader_args)
     test_loader = data_loader.DeviceLoader(test_set.images, test_set.labels, args.batch_size, **loader_args)
-    data_loader.check_batches(train_loader, 'the training set', 'lower --batch_size')
-    log(f'{args.dataset}: {len(train_set.labels)} training images, {len(test_set.labels)} test images, '
-        f'{num_classes} classes')
+    val_loader = None
+    if val_set is not None:
+        val_loader = data_loader.DeviceLoader(val_set.images, val_set.labels, args.batch_size, **loader_args)
+    data_loader.check_batches(train_loader, 'the training set',
+                              'lower --batch_size' + (' or --val_portion' if args.val_portion else ''))
+    log(f'{args.dataset}: {len(train_set.labels)} training images, ' +
+        (f'{len(val_set.labels)} validation images ({val_source}), ' if val_set is not None else '') +
+        f'{len(test_set.labels)} test images, {num_classes} classes')
+    if args.scheduler == 'plateau' and val_loader is None:
+        raise utils.UserError('--scheduler plateau lowers the lr when the validation loss stops falling, and this run '
+                              'has no validation set: give --val_portion (e.g. 0.125) or another --scheduler')
 
     model = create_model(args.model, num_classes, **model_options(args, genotype)).to(device)
+    if args.pretrained and run.checkpoint is None:  # a resumed run's weights come from its checkpoint
+        load_pretrained(model, args.model, args.pretrained, log)
     stats = network_statistics(model, args.image_size, device)
-    log(f'param size = {stats["params_without_auxiliary"] / 1e6:f}M, FLOPs = {stats["flops"] / 1e6:.2f}M '
-        f'({stats["flops"] / 2e6:.2f}M multiply-adds) at {args.image_size}x{args.image_size}, '
-        f'model size = {stats["model_size_mb"]:.2f}MB')
+    log(f'param size = {stats["params_without_auxiliary"] / 1e6:f}M ({stats["weights"] / 1e6:f}M convolution and '
+        f'linear weights), FLOPs = {stats["flops"] / 1e6:.2f}M ({stats["macs"] / 1e6:.2f}M multiply-adds) at '
+        f'{args.image_size}x{args.image_size}, model size = {stats["model_size_mb"]:.2f}MB')
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
+    optimizer = make_optimizer(model.parameters(), args)
+    scheduler = make_scheduler(optimizer, args)
     amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     update = utils.WeightUpdate(list(model.parameters()), optimizer, scaler, args.grad_clip, amp_dtype)
     forward_model = utils.maybe_compile(model, next(iter(test_loader))[0], log) if args.compile else model
     if world_size > 1:
         forward_model = DistributedDataParallel(forward_model, device_ids=[device.index] if device.type == 'cuda' else None)
+    mixer = None
+    if args.mixup_alpha or args.cutmix_alpha:
+        mixer = data_loader.BatchMixer(num_classes, args.mixup_alpha, args.cutmix_alpha, args.mix_switch_prob,
+                                       args.label_smoothing, args.seed)
+    swa_model = AveragedModel(model) if args.swa_start is not None else None
+    swa_from = int(args.swa_start * args.epochs) if swa_model is not None else None
+    selection = 'val_selected' if val_loader is not None else 'test_selected'
+    log('best.pt: the epoch of best ' + ('validation accuracy' if val_loader is not None else
+                                          'TEST accuracy (no validation set: give --val_portion for an unbiased one)'))
 
     run.start()
     stateful = {'model': model, 'optimizer': optimizer, 'scheduler': scheduler, 'scaler': scaler}
-    start_epoch, best = run.restore(stateful, best={'epoch': -1, 'accuracy': -1.0})
+    if swa_model is not None:
+        stateful['swa_model'] = swa_model
+    start_epoch, best = run.restore(stateful, best={'test_selected': NOT_YET, 'val_selected': NOT_YET})
+    if 'test_selected' not in best:  # a run started before validation selection recorded one record
+        best = {'test_selected': best, 'val_selected': NOT_YET}
     writer = utils.tensorboard_writer(run)
     for epoch in range(start_epoch, args.epochs):
-        lr = scheduler.get_last_lr()[0]
-        log(f'epoch {epoch} lr {lr:e}')
-        model.drop_path_prob.fill_(args.drop_path_prob * epoch / args.epochs)
+        lr = optimizer.param_groups[0]['lr']
+        alpha = cumulative_alpha(epoch, args.epochs)
+        log(f'epoch {epoch} lr {lr:e}' + (f' alpha {alpha:f}' if reversed_loader is not None else ''))
+        if hasattr(model, 'drop_path_prob'):
+            model.drop_path_prob.fill_(args.drop_path_prob * epoch / args.epochs)
         forward_model.train()
         train_loader.set_epoch(epoch)
+        second_batches = None
+        if reversed_loader is not None:
+            reversed_loader.set_epoch(epoch)
+            second_batches = iter(reversed_loader)
+        if mixer is not None:
+            mixer.set_epoch(epoch)
+
+        def step(x, y):
+            second = next(second_batches) if second_batches is not None else None
+            inputs, loss_fn = training_batch(x, y, args.label_smoothing, mixer, second, alpha)
+            return train_step(forward_model, update, inputs, loss_fn, args.auxiliary_weight)
+
         progress = utils.Progress(log, f'train {epoch}', train_loader, args.report_freq, epoch, args.epochs)
-        train_loss, train_matrix = utils.run_epoch(
-            lambda x, y: train_step(forward_model, update, x, y, args.auxiliary_weight), train_loader, num_classes,
-            progress)
+        train_loss, train_matrix = utils.run_epoch(step, train_loader, num_classes, progress)
         run.check_loss(train_loss, f'training epoch {epoch}')
-        scheduler.step()
-        test_loss, test_matrix = utils.evaluate(forward_model, test_loader, num_classes, amp_dtype)
-        run.check_loss(test_loss, f'testing after epoch {epoch}')
-        train_metrics, last = train_matrix.compute(), test_matrix.compute()
-        last.update(epoch=epoch, loss=test_loss.average())
-        is_best = last['accuracy'] > best['accuracy']
-        if is_best:
-            best = dict(last)
-        log(f'train_acc {train_metrics["accuracy"]:f}, train_f1 {train_metrics["f1"]:f}')
+        last = measure(forward_model, test_loader, num_classes, amp_dtype, run, f'testing after epoch {epoch}')
+        valid = None
+        if val_loader is not None:
+            valid = measure(forward_model, val_loader, num_classes, amp_dtype, run, f'validation after epoch {epoch}')
+        if args.scheduler == 'plateau':
+            scheduler.step(valid['loss'])
+        else:
+            scheduler.step()
+        if swa_model is not None and epoch >= swa_from:
+            swa_model.update_parameters(model)
+        train_metrics = train_matrix.compute()
+        last['epoch'] = epoch
+        if last['accuracy'] > best['test_selected']['accuracy']:
+            best['test_selected'] = dict(last)
+        if valid is not None and valid['accuracy'] > best['val_selected'].get('val_accuracy', -1.0):
+            best['val_selected'] = {**last, **{f'val_{key}': valid[key] for key in SUMMARY}}
+        log(f'train_acc {train_metrics["accuracy"]:f}, train_balanced_acc {train_metrics["balanced_accuracy"]:f}, '
+            f'train_f1 {train_metrics["f1"]:f}')
+        if valid is not None:
+            log(f'valid_acc {valid["accuracy"]:f}, valid_balanced_acc {valid["balanced_accuracy"]:f}, '
+                f'valid_f1 {valid["f1"]:f}, valid_loss {valid["loss"]:f}, best valid_acc '
+                f'{best["val_selected"]["val_accuracy"]:f} at epoch {best["val_selected"]["epoch"]}')
         log(f'test_acc {last["accuracy"]:f}, test_balanced_acc {last["balanced_accuracy"]:f}, '
             f'test_precision {last["precision"]:f}, test_recall {last["recall"]:f}, test_f1 {last["f1"]:f}, '
-            f'best_acc {best["accuracy"]:f} at epoch {best["epoch"]}')
+            f'best_acc {best["test_selected"]["accuracy"]:f} at epoch {best["test_selected"]["epoch"]} (test-selected)')
+        swa = None
+        if swa_model is not None and epoch == args.epochs - 1:
+            swa = finish_swa(swa_model, train_loader, test_loader, val_loader, num_classes, amp_dtype, run, log)
         run.check_weights(model, epoch)
         if run.is_main:
             utils.log_scalars(writer, epoch, lr=lr, train_loss=train_loss.average(), test_loss=last['loss'],
                               train_acc=train_metrics['accuracy'], train_f1=train_metrics['f1'],
-                              test_acc=last['accuracy'], test_balanced_acc=last['balanced_accuracy'],
-                              test_precision=last['precision'], test_recall=last['recall'], test_f1=last['f1'])
-            if is_best:
+                              train_balanced_acc=train_metrics['balanced_accuracy'], test_acc=last['accuracy'],
+                              test_balanced_acc=last['balanced_accuracy'], test_precision=last['precision'],
+                              test_recall=last['recall'], test_f1=last['f1'],
+                              **({f'valid_{key}': valid[key] for key in SUMMARY} if valid is not None else {}))
+            if best[selection]['epoch'] == epoch:
                 utils.save_checkpoint(model.state_dict(), run.path('best.pt'))
+            if swa is not None:
+                utils.save_checkpoint(swa_model.module.state_dict(), run.path('swa.pt'))
+            results = {'complete': epoch + 1 == args.epochs, 'epochs_done': epoch + 1, 'epochs': args.epochs,
+                       'model': args.model, 'recipe': {'name': recipe_name, 'settings': used},
+                       'best_pt': selection, 'last': last, 'test_selected': best['test_selected']}
+            if val_loader is not None:
+                results['val_selected'] = best['val_selected']
+            if swa is not None:
+                results['swa'] = swa
             utils.write_json(run.path('metrics.json'),
-                             {'complete': epoch + 1 == args.epochs, 'epochs_done': epoch + 1, 'epochs': args.epochs,
-                              'last': last, 'test_selected': best, 'class_names': class_names, **stats,
-                              'genotype': genotypes.format_genotype(genotype)})
+                             {**results, 'class_names': class_names, **stats,
+                              'genotype': genotypes.format_genotype(genotype) if genotype else None})
             visualize.plot_confusion_matrix(last['confusion_matrix'], class_names, run.path('confusion_matrix.png'),
                                             f'{args.dataset} test, epoch {epoch}: accuracy {last["accuracy"]:.2f}%')
-        run.save(epoch, best, stateful, genotype=genotypes.format_genotype(genotype))
+        run.save(epoch, best, stateful, genotype=genotypes.format_genotype(genotype) if genotype else None)
 
     if writer is not None:
         writer.close()
-    log(f'final test accuracy {last["accuracy"]:.2f}%, balanced accuracy {last["balanced_accuracy"]:.2f}%, '
-        f'macro-F1 {last["f1"]:.2f}% (last epoch); best test accuracy {best["accuracy"]:.2f}% at epoch '
-        f'{best["epoch"]} (selected on the test set)' + (f'; results in {run.folder}' if run.is_main else ''))
+    summary = lambda m: (f'test accuracy {m["accuracy"]:.2f}%, balanced accuracy {m["balanced_accuracy"]:.2f}%, '
+                         f'macro-F1 {m["f1"]:.2f}%')
+    log(f'final {summary(last)} (last epoch)')
+    if val_loader is not None:
+        log(f'validation-selected: {summary(best["val_selected"])} at epoch {best["val_selected"]["epoch"]} (best '
+            f'validation accuracy {best["val_selected"]["val_accuracy"]:.2f}%; in best.pt)')
+    if swa is not None:
+        log(f'SWA of epochs {swa_from}-{args.epochs - 1}: {summary(swa)} (in swa.pt)')
+    log(f'test-selected: best {summary(best["test_selected"])} at epoch {best["test_selected"]["epoch"]} (selected '
+        f'on the test set, optimistic; the released best_acc)' + (f'; results in {run.folder}' if run.is_main else ''))
 
 
-def train_step(model, update, x, y, auxiliary_weight):
-    """One weight step (auxiliary loss included when the head exists). Returns detached logits and loss."""
+SUMMARY = ('accuracy', 'balanced_accuracy', 'f1', 'loss')  # the validation figures a selection record keeps
+
+
+def validation_split(data, val_portion, seed, log):
+    """(training set, validation set or None, where the validation set comes from): the dataset's own validation
+    set if its layout has one, else a seeded class-stratified `val_portion` of its training set (if above 0)."""
+    if data.val is not None:
+        if val_portion:
+            log(f'the dataset has its own validation set: it is used, and --val_portion {val_portion} is not')
+        return data.train, data.val, "the dataset's own"
+    if not val_portion:
+        return data.train, None, None
+    train_idx, val_idx = data_loader.stratified_split(data.train.labels, 1 - val_portion, seed)
+    part = lambda idx: data_loader.ImageSet(data.train.images[idx], data.train.labels[idx], data.train.class_names,
+                                            data.train.root)
+    return part(train_idx), part(val_idx), f'a stratified {val_portion:g} of the training set, seed {seed}'
+
+
+def measure(model, loader, num_classes, amp_dtype, run, where):
+    """A loader's metrics (with its loss) in eval mode; a non-finite loss stops the run."""
+    loss, matrix = utils.evaluate(model, loader, num_classes, amp_dtype)
+    run.check_loss(loss, where)
+    return {**matrix.compute(), 'loss': loss.average()}
+
+
+def make_optimizer(parameters, args):
+    if args.optimizer == 'adamw':
+        return torch.optim.AdamW(parameters, args.learning_rate, weight_decay=args.weight_decay)
+    return torch.optim.SGD(parameters, args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def make_scheduler(optimizer, args):
+    """The learning-rate schedule, stepped once after each epoch (plateau: with the validation loss)."""
+    if args.scheduler == 'plateau':
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=args.lr_gamma,
+                                                          patience=args.plateau_patience)
+    if args.scheduler == 'cosine' and not args.lr_warmup_epochs:  # the released schedule
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
+
+    def factor(epoch):
+        # A warm-up never trains at lr 0 (CoRes-SE's notebook trained its first two epochs at 0): its epoch t < W
+        # is at (t+1)/W; then the schedule goes on as if it had started at epoch 0.
+        if epoch < args.lr_warmup_epochs:
+            return (epoch + 1) / args.lr_warmup_epochs
+        if args.scheduler == 'step':
+            return args.lr_gamma ** (epoch // args.lr_step_size)
+        floor = args.learning_rate_min / args.learning_rate
+        return floor + (1 - floor) * (1 + math.cos(math.pi * epoch / args.epochs)) / 2
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def training_batch(x, y, label_smoothing, mixer=None, second=None, alpha=1.0):
+    """A training step's network inputs and its loss as a function of the logits: cross-entropy (label smoothing
+    included) on the batch; on its Mixup/CutMix (soft targets); or, given `second` (a reversed-sampler batch),
+    RLR-CNet's cumulative two-branch loss alpha CE(z, y) + (1 - alpha) CE(z, y2), z the logits of both batches."""
+    if second is not None:
+        x2, y2 = second
+        return (x, x2, alpha), lambda z: (alpha * F.cross_entropy(z, y, label_smoothing=label_smoothing) +
+                                          (1 - alpha) * F.cross_entropy(z, y2, label_smoothing=label_smoothing))
+    if mixer is not None:
+        x, targets = mixer(x, y)
+        return (x,), lambda z: F.cross_entropy(z, targets)
+    return (x,), lambda z: F.cross_entropy(z, y, label_smoothing=label_smoothing)
+
+
+def train_step(model, update, inputs, loss_fn, auxiliary_weight=0.4):
+    """One weight step on model(*inputs), with the auxiliary head's loss where the network has one. Returns
+    detached logits and loss."""
     update.zero_grad()
-    with utils.autocast(x.device, update.amp_dtype):
-        logits, logits_aux = model(x)
-        loss = F.cross_entropy(logits.float(), y)
+    with utils.autocast(inputs[0].device, update.amp_dtype):
+        output = model(*inputs)
+        logits, logits_aux = output if isinstance(output, tuple) else (output, None)
+        loss = loss_fn(logits.float())
         if logits_aux is not None:
-            loss = loss + auxiliary_weight * F.cross_entropy(logits_aux.float(), y)
+            loss = loss + auxiliary_weight * loss_fn(logits_aux.float())
     update.apply(loss)
     return logits.detach(), loss.detach()
+
+
+def finish_swa(swa_model, train_loader, test_loader, val_loader, num_classes, amp_dtype, run, log):
+    """The averaged weights' BatchNorm statistics, recomputed over one more pass of the training set (as
+    CoRes-SE's notebook: torch.optim.swa_utils.update_bn), then their test (and validation) metrics."""
+    train_loader.set_epoch(run.args.epochs)  # a pass of its own, (seed, epoch)-pure like the others
+    update_bn(train_loader, swa_model)
+    swa = measure(swa_model, test_loader, num_classes, amp_dtype, run, 'testing the SWA weights')
+    if val_loader is not None:
+        valid = measure(swa_model, val_loader, num_classes, amp_dtype, run, 'validating the SWA weights')
+        swa.update({f'val_{key}': valid[key] for key in SUMMARY})
+    log(f'swa test_acc {swa["accuracy"]:f}, test_balanced_acc {swa["balanced_accuracy"]:f}, test_f1 {swa["f1"]:f} '
+        f'({int(swa_model.n_averaged)} epochs averaged)')
+    run.check_weights(swa_model, run.args.epochs - 1)
+    return swa
 
 
 def read_genotype(args):
@@ -186,11 +440,14 @@ def find_genotype_file(given):
 
 
 def network_statistics(model, image_size, device):
-    """Parameters (with and without the auxiliary head, which inference does not use), FLOPs, size in MB."""
-    auxiliary = getattr(model, 'auxiliary_head', torch.nn.Identity()).parameters()
+    """Parameters (with and without the auxiliary head, which inference does not use), convolution and linear
+    weights, FLOPs and multiply-adds of one image, size in MB."""
+    auxiliary = list(getattr(model, 'auxiliary_head', torch.nn.Identity()).parameters())
     stats = {'params': utils.count_parameters(model),
              'params_without_auxiliary': utils.count_parameters(model, auxiliary),
+             'weights': utils.count_weights(model, auxiliary),
              'flops': utils.count_flops(model, image_size, device)}
+    stats['macs'] = stats['flops'] // 2
     stats['model_size_mb'] = utils.megabytes(stats['params_without_auxiliary'])
     return stats
 

@@ -125,8 +125,10 @@ def main(args, log):
         # Warm-up epochs leave the architecture at its random initialisation: their genotypes are no candidates.
         if searching and valid_metrics['accuracy'] > best['accuracy']:
             best = {'epoch': epoch, 'accuracy': valid_metrics['accuracy'], 'genotype': genotype}
-        log(f'train_acc {train_metrics["accuracy"]:f}, train_f1 {train_metrics["f1"]:f}')
-        log(f'valid_acc {valid_metrics["accuracy"]:f}, valid_f1 {valid_metrics["f1"]:f}, ' +
+        log(f'train_acc {train_metrics["accuracy"]:f}, train_balanced_acc {train_metrics["balanced_accuracy"]:f}, '
+            f'train_f1 {train_metrics["f1"]:f}')
+        log(f'valid_acc {valid_metrics["accuracy"]:f}, valid_balanced_acc {valid_metrics["balanced_accuracy"]:f}, '
+            f'valid_f1 {valid_metrics["f1"]:f}, ' +
             (f'best_acc {best["accuracy"]:f} at epoch {best["epoch"]}' if searching else
              f'warm-up epoch {epoch + 1} of {args.warmup_epochs}: no architecture step yet'))
         log(f'genotype = {genotype}')

@@ -555,7 +555,8 @@ class WeightUpdate:
         self.scaler.unscale_(self.optimizer)
         if self.grad_sync is not None:
             self.grad_sync([p.grad for p in self.parameters])
-        torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+        if self.grad_clip:  # 0: no clipping (the baselines' papers clip nothing)
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
@@ -610,6 +611,14 @@ def count_flops(model, image_size, device='cpu'):
         model(torch.zeros(1, 3, image_size, image_size, device=device))
     model.train(was_training)
     return counter.get_total_flops()
+
+
+def count_weights(model, exclude=()):
+    """Number of convolution and linear weights, without biases and normalisation parameters (RLR-CNet's Eq. 10-11
+    counting, under which ShuffleNetV2-1.0x has the "1.24 M" of its Table 3), leaving out the given parameters."""
+    excluded = {id(p) for p in exclude}
+    return sum(m.weight.numel() for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and id(m.weight) not in excluded)
 
 
 def megabytes(num_parameters):

@@ -451,7 +451,7 @@ def test_search_step_under_bf16_autocast_stays_close_to_fp32(cls):
 
 
 def test_train_step_under_bf16_autocast_stays_close_to_fp32():
-    from train import train_step
+    from train import train_step, training_batch
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 7, (4,))
     losses = []
     for amp_dtype in (None, torch.bfloat16):
@@ -460,7 +460,7 @@ def test_train_step_under_bf16_autocast_stays_close_to_fp32():
         optimizer = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9)
         update = WeightUpdate(list(net.parameters()), optimizer, torch.amp.GradScaler('cpu', enabled=False), 5.0,
                               amp_dtype)
-        _, loss = train_step(net, update, x, y, 0.4)
+        _, loss = train_step(net, update, *training_batch(x, y, label_smoothing=0.0), 0.4)
         assert all(torch.isfinite(p).all() for p in net.parameters())
         losses.append(loss)
     assert abs(losses[1] - losses[0]) < 0.05 * losses[0]

@@ -62,7 +62,8 @@ def test_search_then_train_writes_every_output_and_records_what_it_used(dataset,
     log = open(os.path.join(search_dir, 'log.txt')).read()
     assert 'torch 2.' in log and 'git commit' in log and 'train_f1' in log
     # Each epoch ends with its validation accuracy, then the genotype it was measured with.
-    epochs = re.findall(r'valid_acc (\S+), valid_f1 \S+, (.*)\n.* genotype = (Genotype\(.*\))\n', log)
+    epochs = re.findall(r'valid_acc (\S+), valid_balanced_acc \S+, valid_f1 \S+, (.*)\n.* genotype = (Genotype\(.*\))\n',
+                        log)
     assert len(epochs) == 2 and 'no architecture step yet' in epochs[0][1] and 'best_acc' in epochs[1][1]
     best_epoch = int(re.search(r'best architecture-validation accuracy \S+ at epoch (\d+)', log).group(1))
     genotype = genotypes.parse_genotype(open(os.path.join(search_dir, 'genotype.txt')).read())
@@ -161,6 +162,9 @@ def test_flags_and_help_answer_before_torch_is_imported(tmp_path):
         ('train_search.py', ['--save', 'runs/x'], "'runs/x' is a name, not a path"),
         ('train.py', ['--arch', 'DARTS_V2', '--genotype', 'Genotype()'], 'only one of'),
         ('train_search.py', ['--dataset', 'ckplus', '--fold', '10'], 'argument --fold: 10 is not one of the folds'),
+        ('train.py', ['--model', 'rlr_cnet', '--mixup_alpha', '0.2'], "do not combine with rlr_cnet's two-branch"),
+        ('train.py', ['--model', 'cores_se', '--layers', '5'], '--layers: applies to --model gla_fernet'),
+        ('benchmark.py', ['--model', 'resnet'], "argument --model: invalid choice: 'resnet'"),
     ]:
         result = run(script, flags, tmp_path, check=False, env=no_torch)
         assert result.returncode == 2 and message in result.stderr, (flags, result.stderr)

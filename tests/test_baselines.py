@@ -1,0 +1,141 @@
+"""baselines.py: the hand-designed FER networks against BASELINES.md (exact sizes, building blocks, inference rules),
+their ImageNet weights, and benchmark.py measuring one of them alone."""
+import argparse
+import json
+
+import pytest
+import torch
+
+import baselines
+import benchmark
+import recipes
+import utils
+from cli import UserError
+from model_search_softmax_sigmoid import channel_shuffle
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+
+@pytest.mark.parametrize('name, options, params, weights', [
+    ('fgw_fer', {}, 64_176, None),
+    ('fgw_fer', {'all_conv': True}, 321_696, None),  # the paper's 321,816 is 120 more (BASELINES.md 4.2)
+    ('shufflenet_v2', {}, 1_260_779, 1_244_592),  # RLR-CNet Table 3's "1.24" counts conv+FC weights
+    ('rlr_cnet', {}, 1_027_457, 1_014_344),
+    ('rlr_cnet', {'split': 'literal'}, 1_746_849, 1_727_976),
+])
+def test_parameter_counts_match_the_papers(name, options, params, weights):
+    net = baselines.create_model(name, 7, **options)
+    assert utils.count_parameters(net) == params
+    if weights is not None:
+        assert utils.count_weights(net) == weights
+
+
+def test_model_names_are_the_same_without_torch():
+    assert set(recipes.MODELS) == set(baselines.MODELS)
+    assert set(recipes.PRETRAINED_MODELS) == set(baselines.PRETRAINED)
+    assert set(recipes.TWO_BRANCH_MODELS) == {'rlr_cnet'}
+    for name in recipes.MODELS:  # every model is rebuilt from a run's arguments alone (predict.py, benchmark.py)
+        if name != 'gla_fernet':
+            args = argparse.Namespace(model=name)  # a run from before its flags existed: their defaults
+            assert isinstance(baselines.model_options(args), dict)
+
+
+def test_beta_mish_values():
+    x = torch.tensor([-10, -3, -1, -0.5, 0, 0.5, 1, 3, 10], dtype=torch.float64)
+    expected = [-0.024155, -0.123866, -0.264646, -0.207327, 0, 0.387100, 0.893247, 2.990189, 9.999884]
+    assert baselines.BetaMish()(x).tolist() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize('channels, groups', [(116, 2), (64, 8)])
+def test_shuffle_attention_has_3c_over_g_parameters_and_keeps_the_shape(channels, groups):
+    attention = baselines.ShuffleAttention(channels, groups)
+    assert utils.count_parameters(attention) == 3 * channels // groups
+    x = torch.randn(2, channels, 5, 6)
+    assert attention(x).shape == x.shape
+    with torch.no_grad():  # initialised, both gates are sigmoid(1) everywhere: x scaled, then channel-shuffled
+        assert torch.allclose(attention(x), channel_shuffle(x * torch.sigmoid(torch.tensor(1.0)), 2), atol=1e-6)
+    with pytest.raises(UserError, match='divisible by 8'):
+        baselines.ShuffleAttention(116, 4)
+
+
+def test_cumulative_alpha_at_the_first_middle_and_last_epoch():
+    assert baselines.cumulative_alpha(0, 300) == 1
+    assert baselines.cumulative_alpha(150, 300) == 0.75
+    assert baselines.cumulative_alpha(299, 300) == pytest.approx(1 - (299 / 300) ** 2)  # 0.0066
+
+
+def test_rlr_cnet_inference_computes_the_trunk_once_and_adds_both_branches():
+    torch.manual_seed(0)
+    net = baselines.create_model('rlr_cnet', 7).eval()
+    calls = []
+    net.trunk.register_forward_hook(lambda module, inputs, output: calls.append(output))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        logits = net(x)
+        assert len(calls) == 1
+        f1, f2 = (net.branch_features(branch, calls[0]) for branch in (net.branch1, net.branch2))
+        w1, w2 = net.classifier.weight.split(baselines.SHUFFLENET_LAST, dim=1)
+        assert torch.allclose(logits, f1 @ w1.T + f2 @ w2.T + net.classifier.bias, atol=1e-5)
+        # Training mixes the uniform batch's features with the reversed batch's: W [alpha f1(x); (1-alpha) f2(x2)] + b
+        x2 = torch.randn(3, 3, 32, 32)
+        f2_reversed = net.branch_features(net.branch2, net.trunk(x2))
+        expected = 0.75 * f1 @ w1.T + 0.25 * f2_reversed @ w2.T + net.classifier.bias
+        assert torch.allclose(net(x, x2, 0.75), expected, atol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def cores_se():
+    torch.manual_seed(0)
+    return baselines.create_model('cores_se', 7).eval()
+
+
+def test_cores_se_parameter_counts_and_224_pixel_shapes(cores_se):
+    assert utils.count_parameters(cores_se) == 53_763_751
+    assert utils.count_parameters(baselines.create_model('cores_se', 8)) == 53_764_264
+    with torch.no_grad():
+        x = torch.randn(1, 3, 224, 224)
+        assert cores_se.resnet(x).shape == (1, 2048) and cores_se.convnext(x).shape == (1, 768, 1, 1)
+        assert cores_se(x).shape == (1, 7)
+
+
+def test_cores_se_prediction_depends_on_the_rest_of_the_batch_only_with_the_notebook_gate(cores_se):
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(cores_se(x[:1]), cores_se(x)[:1], atol=1e-5)
+        cores_se.gate = 'batch'
+        try:
+            assert not torch.allclose(cores_se(x[:1]), cores_se(x)[:1], atol=1e-3)
+        finally:
+            cores_se.gate = 'sample'
+
+
+def test_pretrained_weights_load_from_a_folder_of_torchvision_files(tmp_path):
+    imagenet = torch.nn.Module()
+    imagenet.net = baselines.torchvision.models.shufflenet_v2_x1_0()  # 1000 classes, as torchvision's file
+    file_name = baselines.pretrained_file_names('shufflenet_v2')[0]
+    torch.save(imagenet.net.state_dict(), tmp_path / file_name)
+    net = baselines.create_model('shufflenet_v2', 7)
+    messages = []
+    baselines.load_pretrained(net, 'shufflenet_v2', str(tmp_path), messages.append)
+    assert torch.equal(net.conv1[0].weight, imagenet.net.conv1[0].weight)
+    assert net.fc.weight.shape == (7, 1024)  # the FER classifier stays new
+    assert messages == [f'loaded ImageNet weights {file_name} into shufflenet_v2']
+    with pytest.raises(UserError, match=r'resnet50-\w+.pth does not exist; the folder must hold torchvision'):
+        baselines.load_pretrained(net, 'cores_se', str(tmp_path))
+    with pytest.raises(UserError, match='fgw_fer has no ImageNet backbone'):
+        baselines.load_pretrained(net, 'fgw_fer', str(tmp_path))
+
+
+def test_benchmark_measures_one_network_alone(tmp_path):
+    args = benchmark.parser.parse_args(['--device', 'cpu', '--model', 'rlr_cnet', '--skip_search', '--batch_size', '2',
+                                        '--image_size', '16', '--steps', '1', '--repeats', '1',
+                                        '--json', str(tmp_path / 'benchmark.json')])
+    benchmark.main(args, print)
+    results = json.load(open(tmp_path / 'benchmark.json'))
+    net = baselines.create_model('rlr_cnet', 7)
+    assert (results['eval_params'], results['eval_weights']) == (1_027_457, 1_014_344)
+    assert results['eval_flops'] == utils.count_flops(net, 16) == 2 * results['eval_macs']
+    for key in ['train_step_img_s', 'eval_img_s', 'latency_bs1_ms']:
+        assert 0 < results[key] < float('inf'), key
+    assert 'search_step_img_s' not in results and 'data_img_s' not in results
+    assert results['config']['model'] == 'rlr_cnet'

@@ -231,9 +231,12 @@ def main(args, log):
         if mixer is not None:
             mixer.set_epoch(epoch)
 
+        # As a tensor, alpha is an input of a compiled graph, not a constant to specialise on anew every epoch.
+        alpha_input = torch.tensor(alpha, device=device)
+
         def step(x, y):
             second = next(second_batches) if second_batches is not None else None
-            inputs, loss_fn = training_batch(x, y, args.label_smoothing, mixer, second, alpha)
+            inputs, loss_fn = training_batch(x, y, args.label_smoothing, mixer, second, alpha, alpha_input)
             return train_step(forward_model, update, inputs, loss_fn, args.auxiliary_weight)
 
         progress = utils.Progress(log, f'train {epoch}', train_loader, args.report_freq, epoch, args.epochs)
@@ -358,13 +361,14 @@ def make_scheduler(optimizer, args):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def training_batch(x, y, label_smoothing, mixer=None, second=None, alpha=1.0):
+def training_batch(x, y, label_smoothing, mixer=None, second=None, alpha=1.0, alpha_input=None):
     """A training step's network inputs and its loss as a function of the logits: cross-entropy (label smoothing
     included) on the batch; on its Mixup/CutMix (soft targets); or, given `second` (a reversed-sampler batch),
-    RLR-CNet's cumulative two-branch loss alpha CE(z, y) + (1 - alpha) CE(z, y2), z the logits of both batches."""
+    RLR-CNet's cumulative two-branch loss alpha CE(z, y) + (1 - alpha) CE(z, y2), z the logits of both batches
+    (alpha_input: alpha as the network's input, a tensor on the device)."""
     if second is not None:
         x2, y2 = second
-        return (x, x2, alpha), lambda z: (alpha * F.cross_entropy(z, y, label_smoothing=label_smoothing) +
+        return (x, x2, alpha if alpha_input is None else alpha_input), lambda z: (alpha * F.cross_entropy(z, y, label_smoothing=label_smoothing) +
                                           (1 - alpha) * F.cross_entropy(z, y2, label_smoothing=label_smoothing))
     if mixer is not None:
         x, targets = mixer(x, y)

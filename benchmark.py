@@ -2,6 +2,7 @@
 import argparse
 
 import cli
+import genotypes
 
 parser = argparse.ArgumentParser('benchmark', description=__doc__)
 parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='where to measure')
@@ -10,8 +11,11 @@ parser.add_argument('--init_channels', type=cli.positive_int, default=16, help='
 parser.add_argument('--layers', type=cli.positive_int, default=8, help='layers of both networks')
 parser.add_argument('--eval_channels', type=cli.positive_int, default=36, help='discrete network (GLA_FERNet) init channels')
 parser.add_argument('--image_size', type=cli.positive_int, default=48, help='input size')
+parser.add_argument('--method', choices=list(genotypes.METHODS), default='gla_fernet',
+                    help="the search method whose supernet's step is measured (its op weights, edge weights, k and "
+                         "candidate operations; --layers and --init_channels stay this script's)")
 parser.add_argument('--sampling', choices=['sequential', 'random'], default='sequential', help='supernet variant')
-parser.add_argument('--k', type=cli.positive_int, default=4, help='partial-channel ratio')
+parser.add_argument('--k', type=cli.positive_int, default=4, help="partial-channel ratio (default: the method's)")
 parser.add_argument('--steps', type=cli.positive_int, default=10, help='timed steps per repeat')
 parser.add_argument('--repeats', type=cli.positive_int, default=5, help='repeats; the median and the spread are reported')
 parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
@@ -22,8 +26,26 @@ parser.add_argument('--search_channels_last', action='store_true', help='channel
 parser.add_argument('--skip_unrolled', action='store_true', help='do not time the second-order search step')
 parser.add_argument('--json', default=None, help='also write the figures to this JSON file')
 
+
+
+def parse_args(argv=None):
+    """The flags, with the method's k unless --k is given."""
+    args = parser.parse_args(argv)
+    cli.apply_recipe(parser, args, {'k': genotypes.METHODS[args.method]['supernet']['k']}, argv)
+    if args.sampling == 'random' and args.k == 1:
+        parser.error(f'argument --sampling: random sampling needs --k above 1 (--method {args.method} has k=1)')
+    return args
+
+
+def supernet_settings(args):
+    """The Network arguments of the method's supernet, with args.k."""
+    settings = {**genotypes.METHODS[args.method]['supernet'], 'k': args.k}
+    del settings['layers']  # the measured configuration is this script's --layers
+    return settings
+
+
 if __name__ == '__main__':
-    ARGS = parser.parse_args()  # before torch is imported: --help answers at once
+    ARGS = parse_args()  # before torch is imported: --help answers at once
 
 import contextlib  # noqa: E402
 import platform  # noqa: E402
@@ -92,7 +114,8 @@ def main(args, log):
             rows.append((key, f'{1e3 * median:10.2f} ms', '', f'[{1e3 * low:.2f}, {1e3 * high:.2f}]'))
 
     # Search step: one architecture step on a held-out batch, then one weight step (train_search.search_step).
-    supernet = SUPERNETS[args.sampling](args.init_channels, 7, args.layers, k=args.k, image_size=args.image_size)
+    supernet = SUPERNETS[args.sampling](args.init_channels, 7, args.layers, image_size=args.image_size,
+                                        **supernet_settings(args))
     supernet = supernet.to(device, memory_format=search_format)
     results['supernet_params'] = utils.count_parameters(supernet, supernet.arch_parameters())
     optimizer = torch.optim.SGD(supernet.weight_parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
@@ -149,8 +172,8 @@ def main(args, log):
     rows.append(('data_img_s', f'{results["data_img_s"]:10.1f} img/s', '', ''))
 
     config = {key: getattr(args, key) for key in ('batch_size', 'init_channels', 'layers', 'eval_channels', 'image_size',
-                                                  'sampling', 'k', 'amp', 'compile', 'channels_last', 'search_channels_last',
-                                                  'steps', 'repeats')}
+                                                  'method', 'sampling', 'k', 'amp', 'compile', 'channels_last',
+                                                  'search_channels_last', 'steps', 'repeats')}
     results.update(spread=spread, config=config, torch=torch.__version__, cuda=torch.version.cuda,
                    device=torch.cuda.get_device_name(device) if device.type == 'cuda'
                    else f'{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)')

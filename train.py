@@ -1,5 +1,10 @@
 """Train a searched GLA-FERNet architecture from scratch and evaluate it on the test set (paper Sec. 4)."""
+import glob
+import json
+import os
+
 import cli
+import genotypes
 
 parser = cli.training_parser('train', __doc__, seed=0, channels_last=True)
 network = parser.add_argument_group('network')
@@ -18,6 +23,62 @@ network.add_argument('--genotype_file', default=None,
                           "(the matching search with the newest genotype.txt)")
 
 
+def find_genotype_file(given):
+    """genotype.txt itself, the search folder holding it, or of the searches matching a pattern such as
+    'search-EXP-*' the one with the newest genotype.txt. A search writes genotype.txt when its first architecture
+    epoch ends, so folders of searches that failed or are still in warm-up never match."""
+    if os.path.isfile(given):
+        return given
+    if os.path.isdir(given):
+        path = os.path.join(given, 'genotype.txt')
+        if os.path.isfile(path):
+            return path
+        raise cli.UserError(f'{given} holds no genotype.txt: a search writes it when its first architecture epoch '
+                            f'(after --warmup_epochs) ends, so this search stopped or is still warming up; let it '
+                            f'continue (train_search.py --resume {given}) or give another search')
+    matches = glob.glob(given)
+    searched = [os.path.join(m, 'genotype.txt') for m in matches if os.path.isfile(os.path.join(m, 'genotype.txt'))]
+    if searched:
+        return max(searched, key=os.path.getmtime)
+    if matches:
+        raise cli.UserError(f'{len(matches)} folder(s) match {given!r}, but none holds a genotype.txt: no search '
+                            f'among them ended an architecture epoch (they failed, or are still warming up)')
+    raise cli.UserError(f'genotype file {given} does not exist (give genotype.txt, the search folder holding it, '
+                        f"or a pattern such as 'search-EXP-*')")
+
+
+def search_method(genotype_path):
+    """The method of the search that wrote genotype_path, from the method file next to it; 'gla_fernet' where there
+    is none (searches from before the DARTS-family methods were all GLA-FERNet's)."""
+    path = os.path.join(os.path.dirname(genotype_path), genotypes.METHOD_FILE)
+    if not os.path.exists(path):
+        return 'gla_fernet'
+    try:
+        with open(path) as f:
+            method = json.load(f)['method']
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise cli.UserError(f'{path}: cannot read the search method ({type(e).__name__}: {e}); it should hold '
+                            f'{{"method": NAME}}, as train_search.py writes it') from None
+    if method not in genotypes.METHODS:
+        raise cli.UserError(f"{path}: unknown search method {method!r}; known: {', '.join(genotypes.METHODS)}")
+    return method
+
+
+def recipe(args):
+    """The discrete network's published settings: for the genotype of a search (--genotype_file), those of the
+    search's method (genotypes.METHODS: EmoNAS trains 5 cells of 36 channels for 70 epochs...), as defaults of the
+    flags not given; none otherwise."""
+    if args.model == 'gla_fernet' and args.genotype_file:
+        try:
+            # the file a pattern matches now, so that main() reads the genotype the recipe is for
+            args.genotype_file = find_genotype_file(args.genotype_file)
+            method = search_method(args.genotype_file)
+        except cli.UserError:
+            return 'gla_fernet', {}  # main() reports it, before a run folder exists
+        return method, genotypes.METHODS[method]['train']
+    return 'gla_fernet', {}
+
+
 def check_args(parser, args):
     given = [flag for flag in ('arch', 'genotype', 'genotype_file') if getattr(args, flag)]
     if len(given) > 1:
@@ -28,17 +89,13 @@ def check_args(parser, args):
 
 if __name__ == '__main__':
     # Parsed before torch is imported (seconds on a busy machine): --help and a bad flag answer at once.
-    ARGS = cli.parse(parser, check_args)
-
-import glob  # noqa: E402
-import os  # noqa: E402
+    ARGS = cli.parse(parser, check_args, recipe)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 import data_loader  # noqa: E402
-import genotypes  # noqa: E402
 import utils  # noqa: E402
 import visualize  # noqa: E402
 from baselines import create_model, model_options  # noqa: E402
@@ -51,6 +108,11 @@ def main(args, log):
     args, device, rank, world_size = run.args, run.device, run.rank, run.world_size
     if run.checkpoint is None:
         genotype, args.genotype_file = read_genotype(args)  # the file a pattern resolved to goes into args.json
+        if args.genotype_file:
+            log(f'genotype of a --method {search_method(args.genotype_file)} search; discrete network: '
+                f'{args.layers} cells, {args.init_channels} initial channels, batch {args.batch_size}, learning rate '
+                f'{args.learning_rate}, {args.epochs} epochs, auxiliary head {"on" if args.auxiliary else "off"}, '
+                f'drop-path {args.drop_path_prob}')
     else:
         genotype = genotypes.parse_genotype(run.checkpoint['genotype'])
     log(f'genotype = {genotypes.format_genotype(genotype)}')
@@ -156,33 +218,9 @@ def read_genotype(args):
         with open(path) as f:
             try:
                 return genotypes.parse_genotype(f.read()), path
-            except utils.UserError as e:
-                raise utils.UserError(f'{path}: {e}') from None
+            except cli.UserError as e:
+                raise cli.UserError(f'{path}: {e}') from None
     return genotypes.genotype_by_name(args.arch or 'PCDARTS'), None
-
-
-def find_genotype_file(given):
-    """genotype.txt itself, the search folder holding it, or of the searches matching a pattern such as
-    'search-EXP-*' the one with the newest genotype.txt. A search writes genotype.txt when its first architecture
-    epoch ends, so folders of searches that failed or are still in warm-up never match."""
-    if os.path.isfile(given):
-        return given
-    if os.path.isdir(given):
-        path = os.path.join(given, 'genotype.txt')
-        if os.path.isfile(path):
-            return path
-        raise utils.UserError(f'{given} holds no genotype.txt: a search writes it when its first architecture epoch '
-                              f'(after --warmup_epochs) ends, so this search stopped or is still warming up; let it '
-                              f'continue (train_search.py --resume {given}) or give another search')
-    matches = glob.glob(given)
-    searched = [os.path.join(m, 'genotype.txt') for m in matches if os.path.isfile(os.path.join(m, 'genotype.txt'))]
-    if searched:
-        return max(searched, key=os.path.getmtime)
-    if matches:
-        raise utils.UserError(f'{len(matches)} folder(s) match {given!r}, but none holds a genotype.txt: no search '
-                              f'among them ended an architecture epoch (they failed, or are still warming up)')
-    raise utils.UserError(f'genotype file {given} does not exist (give genotype.txt, the search folder holding it, '
-                          f"or a pattern such as 'search-EXP-*')")
 
 
 def network_statistics(model, image_size, device):

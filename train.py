@@ -110,9 +110,9 @@ def main(args, log):
         genotype, args.genotype_file = read_genotype(args)  # the file a pattern resolved to goes into args.json
         if args.genotype_file:
             log(f'genotype of a --method {search_method(args.genotype_file)} search; discrete network: '
-                f'{args.layers} cells, {args.init_channels} initial channels, batch {args.batch_size}, learning rate '
-                f'{args.learning_rate}, {args.epochs} epochs, auxiliary head {"on" if args.auxiliary else "off"}, '
-                f'drop-path {args.drop_path_prob}')
+                f'--layers {args.layers} --init_channels {args.init_channels} --batch_size {args.batch_size} '
+                f'--learning_rate {args.learning_rate} --epochs {args.epochs} --drop_path_prob {args.drop_path_prob}'
+                f'{" --auxiliary" if args.auxiliary else ""}')
     else:
         genotype = genotypes.parse_genotype(run.checkpoint['genotype'])
     log(f'genotype = {genotypes.format_genotype(genotype)}')

@@ -3,6 +3,7 @@ pipeline on the current device."""
 import argparse
 
 import cli
+import genotypes
 import recipes
 
 parser = argparse.ArgumentParser('benchmark', description=__doc__)
@@ -16,8 +17,11 @@ parser.add_argument('--model', choices=recipes.MODELS, default='gla_fernet',
                          "--layers; the baselines as train.py builds them by default)")
 parser.add_argument('--skip_search', action='store_true', help='measure the network alone: no search step, no data pipeline')
 parser.add_argument('--image_size', type=cli.positive_int, default=48, help='input size')
+parser.add_argument('--method', choices=list(genotypes.METHODS), default='gla_fernet',
+                    help="the search method whose supernet's step is measured (its op weights, edge weights, k and "
+                         "candidate operations; --layers and --init_channels stay this script's)")
 parser.add_argument('--sampling', choices=['sequential', 'random'], default='sequential', help='supernet variant')
-parser.add_argument('--k', type=cli.positive_int, default=4, help='partial-channel ratio')
+parser.add_argument('--k', type=cli.positive_int, default=4, help="partial-channel ratio (default: the method's)")
 parser.add_argument('--steps', type=cli.positive_int, default=10, help='timed steps per repeat')
 parser.add_argument('--repeats', type=cli.positive_int, default=5, help='repeats; the median and the spread are reported')
 parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
@@ -28,8 +32,26 @@ parser.add_argument('--search_channels_last', action='store_true', help='channel
 parser.add_argument('--skip_unrolled', action='store_true', help='do not time the second-order search step')
 parser.add_argument('--json', default=None, help='also write the figures to this JSON file')
 
+
+
+def parse_args(argv=None):
+    """The flags, with the method's k unless --k is given."""
+    args = parser.parse_args(argv)
+    cli.apply_recipe(parser, args, {'k': genotypes.METHODS[args.method]['supernet']['k']}, argv)
+    if args.sampling == 'random' and args.k == 1:
+        parser.error(f'argument --sampling: random sampling needs --k above 1 (--method {args.method} has k=1)')
+    return args
+
+
+def supernet_settings(args):
+    """The Network arguments of the method's supernet, with args.k."""
+    settings = {**genotypes.METHODS[args.method]['supernet'], 'k': args.k}
+    del settings['layers']  # the measured configuration is this script's --layers
+    return settings
+
+
 if __name__ == '__main__':
-    ARGS = parser.parse_args()  # before torch is imported: --help answers at once
+    ARGS = parse_args()  # before torch is imported: --help answers at once
 
 import contextlib  # noqa: E402
 import platform  # noqa: E402
@@ -41,7 +63,6 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 import data_loader  # noqa: E402
-import genotypes  # noqa: E402
 import utils  # noqa: E402
 from architect import Architect  # noqa: E402
 from baselines import create_model  # noqa: E402
@@ -79,7 +100,8 @@ def measure_search(args, x, y, device, amp_dtype, use_scaler, search_format, res
     """The search step (first order, and --unrolled unless skipped) and its per-call overhead."""
     batch = args.batch_size
     # One architecture step on a held-out batch, then one weight step (train_search.search_step).
-    supernet = SUPERNETS[args.sampling](args.init_channels, 7, args.layers, k=args.k, image_size=args.image_size)
+    supernet = SUPERNETS[args.sampling](args.init_channels, 7, args.layers, image_size=args.image_size,
+                                        **supernet_settings(args))
     supernet = supernet.to(device, memory_format=search_format)
     results['supernet_params'] = utils.count_parameters(supernet, supernet.arch_parameters())
     optimizer = torch.optim.SGD(supernet.weight_parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
@@ -177,7 +199,7 @@ def main(args, log):
     if not args.skip_search:
         measure_data(args, batch, device, results, rows)
     config = {key: getattr(args, key) for key in ('model', 'batch_size', 'init_channels', 'layers', 'eval_channels',
-                                                  'image_size', 'sampling', 'k', 'amp', 'compile', 'channels_last',
+                                                  'image_size', 'method', 'sampling', 'k', 'amp', 'compile', 'channels_last',
                                                   'search_channels_last', 'skip_search', 'steps', 'repeats')}
     results.update(spread=spread, config=config, torch=torch.__version__, cuda=torch.version.cuda,
                    device=torch.cuda.get_device_name(device) if device.type == 'cuda'

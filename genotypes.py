@@ -1,7 +1,9 @@
-"""Search-space vocabulary, named architectures and a safe genotype parser (paper Sec. 3; SPEC.md "Deriving the genotype").
+"""Search-space vocabulary, the DARTS-family search methods as presets, named architectures and a safe genotype
+parser (paper Sec. 3; SPEC.md "Deriving the genotype"; BASELINES.md 2 for EmoNAS).
 
 Data only, without torch: the scripts read it before they import torch. operations.py builds the operations named here.
 """
+import argparse
 import ast
 from collections import namedtuple
 
@@ -22,6 +24,42 @@ PRIMITIVES = [
 ]
 # Every operation a genotype may name: the candidates but `none` (never selected), and two more of published cells.
 OPERATIONS = PRIMITIVES[1:] + ['sep_conv_7x7', 'conv_7x1_1x7']
+# EmoNAS's 7 candidate operations (BASELINES.md 2.2: its list names DARTS' ops with `identity` for skip_connect).
+EMONAS_PRIMITIVES = PRIMITIVES[1:]
+
+OP_WEIGHTS = ('sigmoid', 'softmax')  # how a supernet weighs an edge's candidate operations
+
+# The search methods of the DARTS family, each a preset of the one supernet (model_search_softmax_sigmoid.Network)
+# and of the two scripts' recipes. 'supernet': how the supernet mixes (op weights: sigmoid or softmax of alpha; edge
+# weights: a softmax of beta over each node's incoming edges, or none; partial-channel ratio k, 1 = every channel;
+# the candidate operations; the cells). 'search': train_search.py's recipe. 'train': train.py's recipe for the
+# discrete network of a genotype the method found. Every item is a flag of its script, so any can be overridden; the
+# settings no method changes (SGD momentum 0.9, weight decay 3e-4, clip 5; Adam betas (0.5, 0.999), weight decay
+# 1e-3, 50/50 split of the training set) are the flags' defaults.
+PC_DARTS_SEARCH = dict(init_channels=16, batch_size=64, learning_rate=0.1, learning_rate_min=0.0, epochs=50,
+                       warmup_epochs=15, arch_learning_rate=6e-4)  # released code and SPEC.md: as PC-DARTS'
+DARTS_SEARCH = dict(init_channels=16, batch_size=64, learning_rate=0.025, learning_rate_min=0.001, epochs=50,
+                    warmup_epochs=0, arch_learning_rate=3e-4)  # DARTS' train_search.py
+METHODS = {
+    # the paper: PC-DARTS with sigmoid operation weights (SPEC.md)
+    'gla_fernet': dict(supernet=dict(op_weights='sigmoid', edge_weights=True, k=4, primitives=PRIMITIVES, layers=8),
+                       search=PC_DARTS_SEARCH, train={}),
+    # PC-DARTS (Xu et al. 2020): softmax operation weights, edge normalisation, partial channels
+    'pc_darts': dict(supernet=dict(op_weights='softmax', edge_weights=True, k=4, primitives=PRIMITIVES, layers=8),
+                     search=PC_DARTS_SEARCH, train={}),
+    # DARTS (Liu et al. 2019): softmax over the 8 operations on every channel, edges summed
+    'darts': dict(supernet=dict(op_weights='softmax', edge_weights=False, k=1, primitives=PRIMITIVES, layers=8),
+                  search=DARTS_SEARCH, train={}),
+    # EmoNAS (Verma et al. 2023; BASELINES.md 2.2-2.4): DARTS on 7 operations and a 5-cell network, its own recipe;
+    # the discrete network as DARTS' train.py (no auxiliary head, drop-path 0.2, cosine to 0) with EmoNAS's figures
+    'emonas': dict(
+        supernet=dict(op_weights='softmax', edge_weights=False, k=1, primitives=EMONAS_PRIMITIVES, layers=5),
+        search={**DARTS_SEARCH, 'batch_size': 16, 'learning_rate': 0.007},
+        train=dict(layers=5, init_channels=36, batch_size=16, learning_rate=0.007, learning_rate_min=0.0, epochs=70,
+                   auxiliary=False, drop_path_prob=0.2)),
+}
+# A search writes its method into this file of its folder, next to genotype.txt: train.py --genotype_file reads it.
+METHOD_FILE = 'method.json'
 
 # Published architectures, for comparison (DARTS, Liu et al. 2019; PC-DARTS, Xu et al. 2020).
 NASNet = Genotype(
@@ -73,6 +111,30 @@ ARC = GLA_FERNet
 PCDARTS = GLA_FERNet  # the released train.py's default --arch
 
 # Paste searched genotypes below (NAME = Genotype(...)) and train them with --arch NAME.
+
+
+def check_primitives(names):
+    """The candidate operations `names` in PRIMITIVES' order (the column order of the architecture parameters);
+    refuses unknown or repeated names and a list without an operation other than `none`."""
+    unknown = [name for name in names if name not in PRIMITIVES]
+    if unknown:
+        raise UserError(f"unknown candidate operation(s) {', '.join(map(repr, unknown))}; "
+                        f"choose among {', '.join(PRIMITIVES)}")
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        raise UserError(f"candidate operation(s) given twice: {', '.join(repeated)}")
+    if not set(names) - {'none'}:
+        raise UserError('the candidate operations need at least one besides none (none is never selected)')
+    return [name for name in PRIMITIVES if name in names]
+
+
+def primitives_flag(text):
+    """--primitives: comma-separated operation names, or `all` for the 8 of PRIMITIVES."""
+    names = PRIMITIVES if text == 'all' else [name.strip() for name in text.split(',') if name.strip()]
+    try:
+        return check_primitives(names)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def named_genotypes():

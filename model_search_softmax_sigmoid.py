@@ -1,4 +1,10 @@
-"""Supernet with sequential partial-channel sampling, sigmoid op weights and softmax edge weights (paper Sec. 3.2-3.3).
+"""The DARTS-family supernet: GLA-FERNet's (sequential partial-channel sampling, sigmoid op weights, softmax edge
+weights; paper Sec. 3.2-3.3) and, by its settings, PC-DARTS', DARTS' and EmoNAS' (genotypes.METHODS).
+
+The methods differ in four settings (Network's arguments): op weights, sigmoid or softmax of alpha over an edge's
+candidate operations; edge weights, a softmax of beta over each node's incoming edges, or none (edges summed);
+the partial-channel ratio k (1: every channel goes through the ops, no bypass and no shuffle, DARTS' mixed op); the
+candidate operations (EmoNAS has no `none`). Everything else, including what follows, is shared.
 
 How a cell runs its 14 edges (SPEC.md "Search cell"): as 4 edge groups, by the state the edges start from
 (edge_groups): the 8 edges from the two cell inputs, then the 3, 2 and 1 edges from intermediate nodes 0, 1, 2.
@@ -23,12 +29,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from genotypes import PRIMITIVES, Genotype
+from genotypes import OP_WEIGHTS, PRIMITIVES, Genotype, check_primitives
 from operations import OPS, FactorizedReduce, ReLUConvBN, check_image_size, reduction_cells, stem
 from cli import UserError
 
-NONE_INDEX = PRIMITIVES.index('none')
-assert NONE_INDEX == 0, 'MixedOp skips the zero op by slicing the weights from index 1'
+assert PRIMITIVES[0] == 'none', 'MixedOp skips the zero op by slicing the weights from index 1'
 
 
 def channel_shuffle(x, groups):
@@ -61,18 +66,22 @@ def edge_groups(steps):
 class MixedOp(nn.Module):
     """Partial-channel mixed op (paper Sec. 3.2) of `edges` edges with the same stride, run side by side.
 
-    Per edge, the first 1/k of the input channels go through every candidate op and are summed with the op weights;
-    the rest bypass the ops; both are concatenated and channel-shuffled (layouts: the module docstring)."""
+    Per edge, the first 1/k of the input channels go through every candidate op (of `primitives`, in PRIMITIVES'
+    order) and are summed with the op weights; the rest bypass the ops; both are concatenated and channel-shuffled
+    (layouts: the module docstring). With k = 1 it is DARTS' mixed op: all channels, no bypass, no shuffle."""
 
-    def __init__(self, C, stride, k=4, edges=1):
+    def __init__(self, C, stride, k=4, edges=1, primitives=PRIMITIVES):
         super().__init__()
         if C % k:
             raise UserError(f'channels per edge ({C}) must be divisible by the partial-channel ratio k={k}')
         self.k = k
         self.edges = edges
+        # `none` outputs zeros, so its term is skipped: the ops (and weight columns) from `first` on are summed.
+        self.first = 1 if primitives[0] == 'none' else 0
+        assert 'none' not in primitives[self.first:], 'primitives must be in PRIMITIVES order (check_primitives)'
         self.mp = nn.MaxPool2d(2, 2)
         self._ops = nn.ModuleList()
-        for primitive in PRIMITIVES:
+        for primitive in primitives:
             op = OPS[primitive](C // k * edges, stride, False, edges)
             if 'pool' in primitive:
                 op = nn.Sequential(op, nn.BatchNorm2d(C // k * edges, affine=False))
@@ -83,9 +92,9 @@ class MixedOp(nn.Module):
         c = C // self.k
         per_source = self.edges // len(sources)
         processed = torch.cat([s[:, :c] for s in sources] * per_source, dim=1)
-        # `none` outputs zeros, so its term is skipped; its weight gets the same (zero) gradient either way.
-        outputs = torch.stack([op(processed) for op in self._ops[1:]]).unflatten(2, (self.edges, c))
-        op_weights = weights[:, 1:].t().to(outputs.dtype)[:, None, :, None, None, None]
+        # Skipping `none`'s term gives its weight the same (zero) gradient; a softmax still normalises over it.
+        outputs = torch.stack([op(processed) for op in self._ops[self.first:]]).unflatten(2, (self.edges, c))
+        op_weights = weights[:, self.first:].t().to(outputs.dtype)[:, None, :, None, None, None]
         mixed = (outputs * op_weights).sum(0)  # (N, edges, c, H, W)
         if self.k == 1:
             return mixed
@@ -107,7 +116,7 @@ class MixedOp(nn.Module):
 
 
 class Cell(nn.Module):
-    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, k, mixed_op):
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, k, mixed_op, primitives):
         super().__init__()
         self.reduction = reduction
         if reduction_prev:
@@ -119,20 +128,22 @@ class Cell(nn.Module):
         self._multiplier = multiplier
         self.edge_groups = edge_groups(steps)
         # in a reduction cell only the edges from the two inputs (group 0) have stride 2
-        self.mixed_ops = nn.ModuleList(mixed_op(C, 2 if reduction and i == 0 else 1, k, len(edges))
+        self.mixed_ops = nn.ModuleList(mixed_op(C, 2 if reduction and i == 0 else 1, k, len(edges), primitives)
                                        for i, edges in enumerate(self.edge_groups))
         self.register_state_dict_post_hook(per_edge_state_dict)
         self.register_load_state_dict_pre_hook(grouped_state_dict)
 
     def forward(self, s0, s1, op_weights, edge_weights):
-        """op_weights, edge_weights: per edge group, the (edges, ops) and (edges,) weights in the group's order."""
+        """op_weights, edge_weights: per edge group, the (edges, ops) and (edges,) weights in the group's order;
+        edge_weights None: the edges into a node are summed (DARTS)."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         pending = None  # weighted edge outputs summed so far into the nodes not yet complete, (N, nodes, C, H, W)
-        for mixed_op, group_op_weights, group_edge_weights in zip(self.mixed_ops, op_weights, edge_weights):
+        for group, (mixed_op, group_op_weights) in enumerate(zip(self.mixed_ops, op_weights)):
             sources = states[:2] if pending is None else states[-1:]
             outputs = mixed_op(sources, group_op_weights).unflatten(1, (-1, len(sources)))
-            weights = group_edge_weights.to(outputs.dtype).view(-1, len(sources), 1, 1, 1)
-            summed = (outputs * weights).sum(2)  # (N, target nodes, C, H, W)
+            if edge_weights is not None:
+                outputs = outputs * edge_weights[group].to(outputs.dtype).view(-1, len(sources), 1, 1, 1)
+            summed = outputs.sum(2)  # (N, target nodes, C, H, W)
             pending = summed if pending is None else pending[:, 1:] + summed
             states.append(pending[:, 0])
         return torch.cat(states[-self._multiplier:], dim=1)
@@ -163,17 +174,27 @@ def grouped_state_dict(cell, state_dict, prefix, local_metadata, strict, missing
 
 
 class Network(nn.Module):
+    """The supernet of a DARTS-family method (genotypes.METHODS), by its settings: `op_weights` 'sigmoid' (GLA-FERNet)
+    or 'softmax' (PC-DARTS, DARTS, EmoNAS) of alpha over an edge's candidate operations; `edge_weights` True: a
+    softmax of beta over each node's incoming edges (GLA-FERNet, PC-DARTS), False: no beta, edges summed (DARTS,
+    EmoNAS); partial-channel ratio `k` (1: every channel, DARTS' mixed op); the candidate operations `primitives`."""
     mixed_op = MixedOp  # the random-sampling variant swaps this class only
 
-    def __init__(self, C, num_classes, layers, k=4, steps=4, multiplier=4, stem_multiplier=3, image_size=48):
+    def __init__(self, C, num_classes, layers, k=4, op_weights='sigmoid', edge_weights=True, primitives=PRIMITIVES,
+                 steps=4, multiplier=4, stem_multiplier=3, image_size=48):
         super().__init__()
         check_image_size(image_size)
+        if op_weights not in OP_WEIGHTS:
+            raise UserError(f"op_weights must be one of {', '.join(OP_WEIGHTS)}, got {op_weights!r}")
         self._C = C
         self._num_classes = num_classes
         self._layers = layers
         self._steps = steps
         self._multiplier = multiplier
         self.k = k
+        self.op_weight_function = op_weights
+        self.has_edge_weights = edge_weights
+        self.primitives = check_primitives(primitives)
 
         C_curr = stem_multiplier * C
         self.stem = stem(C_curr)
@@ -184,7 +205,8 @@ class Network(nn.Module):
             reduction = i in reduction_cells(layers)
             if reduction:
                 C_curr *= 2
-            cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, k, self.mixed_op)
+            cell = Cell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, k, self.mixed_op,
+                        self.primitives)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -196,28 +218,42 @@ class Network(nn.Module):
         self.register_buffer('group_order', torch.tensor(sum(groups, [])), persistent=False)
         self._group_sizes = [len(edges) for edges in groups]
         num_edges = sum(2 + i for i in range(steps))
-        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(PRIMITIVES)))
-        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, len(PRIMITIVES)))
-        self.betas_normal = nn.Parameter(1e-3 * torch.randn(num_edges))
-        self.betas_reduce = nn.Parameter(1e-3 * torch.randn(num_edges))
-
-    ARCH_PARAMETERS = ('alphas_normal', 'alphas_reduce', 'betas_normal', 'betas_reduce')  # DARTS' order
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, len(self.primitives)))
+        # in DARTS' order; DARTS and EmoNAS have no betas
+        self.arch_parameter_names = ('alphas_normal', 'alphas_reduce')
+        if edge_weights:
+            self.betas_normal = nn.Parameter(1e-3 * torch.randn(num_edges))
+            self.betas_reduce = nn.Parameter(1e-3 * torch.randn(num_edges))
+            self.arch_parameter_names += ('betas_normal', 'betas_reduce')
 
     def arch_parameters(self):
         """The architecture parameters, what the architecture optimizer updates."""
-        return [getattr(self, name) for name in self.ARCH_PARAMETERS]
+        return [getattr(self, name) for name in self.arch_parameter_names]
 
     def named_weight_parameters(self):
         """(name, parameter) of every parameter except the architecture ones: what the weight optimizer updates.
         With arch_parameters() they are all the parameters, each once."""
-        return [(name, p) for name, p in self.named_parameters() if name not in self.ARCH_PARAMETERS]
+        return [(name, p) for name, p in self.named_parameters() if name not in self.arch_parameter_names]
 
     def weight_parameters(self):
         return [p for _, p in self.named_weight_parameters()]
 
+    def op_weights(self, alphas):
+        """The weights of each edge's candidate operations: sigmoid (operations do not compete) or softmax."""
+        return torch.sigmoid(alphas) if self.op_weight_function == 'sigmoid' else F.softmax(alphas, dim=-1)
+
     def edge_weights(self, betas):
         """Softmax of the edge parameters over each node's incoming edges."""
         return torch.cat([F.softmax(betas[s], dim=-1) for s in node_edge_slices(self._steps)])
+
+    def mixing_weights(self, cell):
+        """(op weights (edges, ops), edge weights (edges,)) of cell type 'normal' or 'reduce', in DARTS' edge
+        order, detached on the CPU; edge weights of 1 for a method without them."""
+        op_weights = self.op_weights(getattr(self, f'alphas_{cell}').detach().float().cpu())
+        if not self.has_edge_weights:
+            return op_weights, torch.ones(op_weights.shape[0])
+        return op_weights, self.edge_weights(getattr(self, f'betas_{cell}').detach().float().cpu())
 
     def per_group(self, weights):
         """Split per-edge weights (DARTS edge order) into the cells' edge groups."""
@@ -226,10 +262,12 @@ class Network(nn.Module):
     def forward(self, x):
         if x.shape[-1] % 4 or x.shape[-2] % 4:
             check_image_size(tuple(x.shape[-2:]))
-        op_normal = self.per_group(torch.sigmoid(self.alphas_normal))
-        op_reduce = self.per_group(torch.sigmoid(self.alphas_reduce))
-        edge_normal = self.per_group(self.edge_weights(self.betas_normal))
-        edge_reduce = self.per_group(self.edge_weights(self.betas_reduce))
+        op_normal = self.per_group(self.op_weights(self.alphas_normal))
+        op_reduce = self.per_group(self.op_weights(self.alphas_reduce))
+        edge_normal = edge_reduce = None
+        if self.has_edge_weights:
+            edge_normal = self.per_group(self.edge_weights(self.betas_normal))
+            edge_reduce = self.per_group(self.edge_weights(self.betas_reduce))
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             if cell.reduction:
@@ -241,29 +279,29 @@ class Network(nn.Module):
 
     def architecture_weights(self):
         """The weights the supernet mixes with, per cell type, in DARTS' edge order, as lists: 'ops' (edges x
-        candidate ops: sigmoid of alpha) and 'edges' (softmax of beta over each node's incoming edges), with the
-        candidate op names. What reports plot epoch by epoch."""
-        weights = {'primitives': list(PRIMITIVES)}
+        candidate ops: the method's sigmoid or softmax of alpha) and 'edges' (softmax of beta over each node's
+        incoming edges; 1 where the method has none), with the candidate op names. What reports plot epoch by epoch."""
+        weights = {'primitives': list(self.primitives)}
         for cell in ('normal', 'reduce'):
-            alphas = getattr(self, f'alphas_{cell}').detach().float().cpu()
-            betas = getattr(self, f'betas_{cell}').detach().float().cpu()
-            weights[cell] = {'ops': torch.sigmoid(alphas).tolist(), 'edges': self.edge_weights(betas).tolist()}
+            op_weights, edge_weights = self.mixing_weights(cell)
+            weights[cell] = {'ops': op_weights.tolist(), 'edges': edge_weights.tolist()}
         return weights
 
     def genotype(self):
-        def parse(alphas, betas):
-            op_weights = torch.sigmoid(alphas.detach().float().cpu())
-            edge_weights = self.edge_weights(betas.detach().float().cpu())
+        """Per node, the two incoming edges whose strongest operation other than `none` is strongest, with that
+        operation (DARTS, PC-DARTS and the released code alike); strength = op weight times edge weight."""
+        def parse(cell):
+            op_weights, edge_weights = self.mixing_weights(cell)
+            W = op_weights * edge_weights.unsqueeze(1)
+            if 'none' in self.primitives:
+                W[:, self.primitives.index('none')] = float('-inf')  # `none` is never selected
+            strength, best_op = W.max(dim=1)
             gene = []
             for node in node_edge_slices(self._steps):
-                W = op_weights[node] * edge_weights[node].unsqueeze(1)
-                W[:, NONE_INDEX] = float('-inf')  # `none` is never selected
-                strength, best_op = W.max(dim=1)
                 # stable sort: stronger edge first, ties keep the lower input index (as the released code)
-                edges = sorted(range(W.shape[0]), key=lambda j: -strength[j].item())[:2]
-                gene.extend((PRIMITIVES[best_op[j].item()], j) for j in edges)
+                edges = sorted(range(node.stop - node.start), key=lambda j: -strength[node.start + j].item())[:2]
+                gene.extend((self.primitives[best_op[node.start + j].item()], j) for j in edges)
             return gene
 
         concat = range(2 + self._steps - self._multiplier, self._steps + 2)
-        return Genotype(normal=parse(self.alphas_normal, self.betas_normal), normal_concat=concat,
-                        reduce=parse(self.alphas_reduce, self.betas_reduce), reduce_concat=concat)
+        return Genotype(normal=parse('normal'), normal_concat=concat, reduce=parse('reduce'), reduce_concat=concat)

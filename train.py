@@ -2,9 +2,12 @@
 architecture (paper Sec. 4) or one of the hand-designed FER networks it is compared with (baselines.py), each with
 its paper's recipe; model selection on a validation split where there is one."""
 import argparse
+import glob
+import json
 import os
 
 import cli
+import genotypes
 import recipes
 
 parser = cli.training_parser('train', __doc__, seed=0, channels_last=True)
@@ -82,11 +85,69 @@ MODEL_FLAGS = {'arch': ('gla_fernet',), 'genotype': ('gla_fernet',), 'genotype_f
                'pretrained': recipes.PRETRAINED_MODELS}
 
 
+def find_genotype_file(given):
+    """genotype.txt itself, the search folder holding it, or of the searches matching a pattern such as
+    'search-EXP-*' the one with the newest genotype.txt. A search writes genotype.txt when its first architecture
+    epoch ends, so folders of searches that failed or are still in warm-up never match."""
+    if os.path.isfile(given):
+        return given
+    if os.path.isdir(given):
+        path = os.path.join(given, 'genotype.txt')
+        if os.path.isfile(path):
+            return path
+        raise cli.UserError(f'{given} holds no genotype.txt: a search writes it when its first architecture epoch '
+                            f'(after --warmup_epochs) ends, so this search stopped or is still warming up; let it '
+                            f'continue (train_search.py --resume {given}) or give another search')
+    matches = glob.glob(given)
+    searched = [os.path.join(m, 'genotype.txt') for m in matches if os.path.isfile(os.path.join(m, 'genotype.txt'))]
+    if searched:
+        return max(searched, key=os.path.getmtime)
+    if matches:
+        raise cli.UserError(f'{len(matches)} folder(s) match {given!r}, but none holds a genotype.txt: no search '
+                            f'among them ended an architecture epoch (they failed, or are still warming up)')
+    raise cli.UserError(f'genotype file {given} does not exist (give genotype.txt, the search folder holding it, '
+                        f"or a pattern such as 'search-EXP-*')")
+
+
+def search_method(genotype_path):
+    """The method of the search that wrote genotype_path, from the method file next to it; 'gla_fernet' where there
+    is none (searches from before the DARTS-family methods were all GLA-FERNet's)."""
+    path = os.path.join(os.path.dirname(genotype_path), genotypes.METHOD_FILE)
+    if not os.path.exists(path):
+        return 'gla_fernet'
+    try:
+        with open(path) as f:
+            method = json.load(f)['method']
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise cli.UserError(f'{path}: cannot read the search method ({type(e).__name__}: {e}); it should hold '
+                            f'{{"method": NAME}}, as train_search.py writes it') from None
+    if method not in genotypes.METHODS:
+        raise cli.UserError(f"{path}: unknown search method {method!r}; known: {', '.join(genotypes.METHODS)}")
+    return method
+
+
 def recipe(args):
-    """The published settings of the network to train, as defaults of the flags not given (recipes.py)."""
+    """The published settings of the network to train, as defaults of the flags not given: a baseline's paper
+    recipe (recipes.py); for the genotype of a search (--genotype_file), the discrete network of the search's method
+    (genotypes.METHODS: EmoNAS trains 5 cells of 36 channels for 70 epochs...); none otherwise."""
     if args.model != 'gla_fernet':
         return args.model, recipes.model_recipe(args.model, args.dataset)
+    if args.genotype_file:
+        try:
+            # the file a pattern matches now, so that main() reads the genotype the recipe is for
+            args.genotype_file = find_genotype_file(args.genotype_file)
+            method = search_method(args.genotype_file)
+        except cli.UserError:
+            return 'gla_fernet', {}  # main() reports it, before a run folder exists
+        return method, genotypes.METHODS[method]['train']
     return 'gla_fernet', {}
+
+
+def recipe_settings(name, dataset):
+    """The settings of the recipe a run recorded by name (args.recipe): a baseline's or a search method's."""
+    if name in recipes.RECIPES:
+        return recipes.model_recipe(name, dataset)
+    return genotypes.METHODS[name]['train'] if name in genotypes.METHODS else {}
 
 
 def check_args(parser, args):
@@ -117,7 +178,6 @@ if __name__ == '__main__':
     # Parsed before torch is imported (seconds on a busy machine): --help and a bad flag answer at once.
     ARGS = cli.parse(parser, check_args, recipe=recipe)
 
-import glob  # noqa: E402
 import math  # noqa: E402
 
 import torch  # noqa: E402
@@ -126,7 +186,6 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.optim.swa_utils import AveragedModel, update_bn  # noqa: E402
 
 import data_loader  # noqa: E402
-import genotypes  # noqa: E402
 import utils  # noqa: E402
 import visualize  # noqa: E402
 from baselines import create_model, cumulative_alpha, load_pretrained, model_options  # noqa: E402
@@ -143,10 +202,13 @@ def main(args, log):
     if args.model == 'gla_fernet':
         if run.checkpoint is None:
             genotype, args.genotype_file = read_genotype(args)  # the file a pattern resolved to goes into args.json
+            if args.genotype_file:  # an unreadable method file stops the run here, before its folder exists
+                log(f'genotype of a --method {search_method(args.genotype_file)} search ({args.genotype_file})')
         else:
             genotype = genotypes.parse_genotype(run.checkpoint['genotype'])
         log(f'genotype = {genotypes.format_genotype(genotype)}')
-    recipe_name, settings = recipe(args)
+    recipe_name = getattr(args, 'recipe', 'gla_fernet')  # runs from before recipes had none
+    settings = recipe_settings(recipe_name, args.dataset)
     used = {flag: getattr(args, flag) for flag in settings}
     log(f'recipe {recipe_name}: ' + (', '.join(f'{flag} {value}' + ('' if value == settings[flag] else
                                                                      f' (recipe: {settings[flag]})')
@@ -417,30 +479,6 @@ def read_genotype(args):
             except utils.UserError as e:
                 raise utils.UserError(f'{path}: {e}') from None
     return genotypes.genotype_by_name(args.arch or 'PCDARTS'), None
-
-
-def find_genotype_file(given):
-    """genotype.txt itself, the search folder holding it, or of the searches matching a pattern such as
-    'search-EXP-*' the one with the newest genotype.txt. A search writes genotype.txt when its first architecture
-    epoch ends, so folders of searches that failed or are still in warm-up never match."""
-    if os.path.isfile(given):
-        return given
-    if os.path.isdir(given):
-        path = os.path.join(given, 'genotype.txt')
-        if os.path.isfile(path):
-            return path
-        raise utils.UserError(f'{given} holds no genotype.txt: a search writes it when its first architecture epoch '
-                              f'(after --warmup_epochs) ends, so this search stopped or is still warming up; let it '
-                              f'continue (train_search.py --resume {given}) or give another search')
-    matches = glob.glob(given)
-    searched = [os.path.join(m, 'genotype.txt') for m in matches if os.path.isfile(os.path.join(m, 'genotype.txt'))]
-    if searched:
-        return max(searched, key=os.path.getmtime)
-    if matches:
-        raise utils.UserError(f'{len(matches)} folder(s) match {given!r}, but none holds a genotype.txt: no search '
-                              f'among them ended an architecture epoch (they failed, or are still warming up)')
-    raise utils.UserError(f'genotype file {given} does not exist (give genotype.txt, the search folder holding it, '
-                          f"or a pattern such as 'search-EXP-*')")
 
 
 def network_statistics(model, image_size, device):

@@ -1,16 +1,31 @@
-"""Bilevel architecture search of GLA-FERNet (paper Sec. 3.3, Algorithm 1): writes the searched genotype to a run folder."""
+"""Bilevel architecture search of GLA-FERNet (paper Sec. 3.3, Algorithm 1) and of the DARTS family's methods
+(PC-DARTS, DARTS, EmoNAS: genotypes.METHODS): writes the searched genotype to a run folder."""
+import argparse
+
 import cli
+import genotypes
 
 parser = cli.training_parser('train_search', __doc__, seed=2, channels_last=False)
-search = parser.add_argument_group('search')
+search = parser.add_argument_group('search', 'defaults: those of --method where it sets the flag (README, '
+                                   '"The DARTS family"), else the released code\'s')
+search.add_argument('--method', choices=list(genotypes.METHODS), default='gla_fernet',
+                    help='the search method: its supernet settings (--op_weights, --edge_weights, --k, --primitives, '
+                         '--layers) and recipe are the defaults of the flags not given')
 search.add_argument('--epochs', type=cli.positive_int, default=50, help='num of training epochs')
 search.add_argument('--warmup_epochs', type=cli.non_negative_int, default=15,
                     help='epochs of weight training before architecture steps start')
 search.add_argument('--init_channels', type=cli.positive_int, default=16, help='num of init channels')
-search.add_argument('--layers', type=cli.positive_int, default=8, help='total number of layers')
+search.add_argument('--layers', type=cli.positive_int, default=8, help='total number of layers (cells)')
+search.add_argument('--op_weights', choices=genotypes.OP_WEIGHTS, default='sigmoid',
+                    help="weights of an edge's candidate operations: sigmoid (GLA-FERNet) or softmax of alpha")
+search.add_argument('--edge_weights', action=argparse.BooleanOptionalAction, default=True,
+                    help="a softmax of beta over each node's incoming edges weighs them (--no-edge_weights: summed)")
+search.add_argument('--primitives', type=genotypes.primitives_flag, default=list(genotypes.PRIMITIVES),
+                    help='candidate operations, comma-separated (kept in the order of genotypes.PRIMITIVES), or all')
 search.add_argument('--sampling', choices=['sequential', 'random'], default='sequential',
                     help='partial-channel sampling: model_search_softmax_sigmoid or model_search_ran_softmax_sigmoid')
-search.add_argument('--k', type=cli.positive_int, default=4, help='partial-channel ratio: 1/k of the channels go through the ops')
+search.add_argument('--k', type=cli.positive_int, default=4,
+                    help='partial-channel ratio: 1/k of the channels go through the ops (1: all, as DARTS)')
 search.add_argument('--train_portion', type=cli.fraction, default=0.5, help='share of the training set for weight steps')
 search.add_argument('--protocol', choices=['split', 'released'], default='split',
                     help='split: architecture steps on a held-out part of the training set; '
@@ -20,6 +35,12 @@ search.add_argument('--arch_learning_rate', type=cli.positive_float, default=6e-
 search.add_argument('--arch_weight_decay', type=cli.non_negative_float, default=1e-3, help='weight decay for arch encoding')
 
 
+def recipe(args):
+    """The search method's supernet settings and recipe, as defaults of the flags not given."""
+    method = genotypes.METHODS[args.method]
+    return args.method, {**method['supernet'], **method['search'], 'primitives': list(method['supernet']['primitives'])}
+
+
 def check_args(parser, args):
     if args.warmup_epochs >= args.epochs:
         parser.error(f'argument --warmup_epochs: {args.warmup_epochs} warm-up epochs leave no architecture epoch in '
@@ -27,11 +48,14 @@ def check_args(parser, args):
     if args.init_channels % args.k:
         parser.error(f'argument --k: {args.k} does not divide --init_channels {args.init_channels}; each edge sends '
                      f'1/k of its channels through the candidate operations')
+    if args.sampling == 'random' and args.k == 1:
+        parser.error('argument --sampling: random sampling needs --k above 1 (with --k 1 every channel goes through '
+                     f'the operations, as --method {args.method} does): give --k 4, or --sampling sequential')
 
 
 if __name__ == '__main__':
     # Parsed before torch is imported (seconds on a busy machine): --help and a bad flag answer at once.
-    ARGS = cli.parse(parser, check_args)
+    ARGS = cli.parse(parser, check_args, recipe)
 
 import itertools  # noqa: E402
 
@@ -82,11 +106,14 @@ def main(args, log):
     log(f'{args.dataset}: {len(weight_labels)} images for weight steps, {len(arch_labels)} for architecture steps '
         f'({"test set" if args.protocol == "released" else "held-out training split"}), {len(test_set.labels)} test images')
 
-    model = SUPERNETS[args.sampling](args.init_channels, num_classes, args.layers, k=args.k,
-                                     image_size=args.image_size).to(device)
+    model = SUPERNETS[args.sampling](args.init_channels, num_classes, args.layers, image_size=args.image_size,
+                                     **supernet_settings(args)).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    log(f'supernet ({args.sampling} sampling, k={args.k}): '
+    log(f'supernet of --method {args.method}: {args.op_weights} op weights, '
+        f'{"softmax edge weights" if args.edge_weights else "no edge weights"}, k={args.k}'
+        f'{f" ({args.sampling} sampling)" if args.k > 1 else ""}, {len(model.primitives)} candidate operations '
+        f'({", ".join(model.primitives)}), {args.layers} cells: '
         f'{utils.count_parameters(model, model.arch_parameters()) / 1e6:.6f}M weight parameters')
     optimizer = torch.optim.SGD(model.weight_parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
@@ -99,6 +126,10 @@ def main(args, log):
     architect = Architect(forward_model, optimizer, args.arch_learning_rate, args.arch_weight_decay, grad_sync)
 
     run.start()
+    if run.is_main:  # next to genotype.txt: train.py --genotype_file takes the method's discrete network from it
+        utils.write_json(run.path(genotypes.METHOD_FILE), {'method': args.method, 'supernet': {
+            'init_channels': args.init_channels, 'layers': args.layers, 'sampling': args.sampling,
+            **supernet_settings(args)}})
     stateful = {'model': model, 'optimizer': optimizer, 'arch_optimizer': architect.optimizer,
                 'scheduler': scheduler, 'scaler': scaler}
     start_epoch, best = run.restore(stateful, best={'epoch': -1, 'accuracy': -1.0, 'genotype': None})
@@ -152,6 +183,11 @@ def main(args, log):
             f'python train.py --genotype_file {run.folder} {cli.data_flags(args)}')
 
 
+def supernet_settings(args):
+    """The Network arguments that make the supernet of a method (genotypes.METHODS)."""
+    return dict(k=args.k, op_weights=args.op_weights, edge_weights=args.edge_weights, primitives=args.primitives)
+
+
 def cycle(loader, epoch):
     """Endless batches from one loader (check_batches made sure it has some), reshuffled on each pass, seeded by
     the epoch so that a resumed run repeats them."""
@@ -189,17 +225,18 @@ def write_genotype(run, genotype_text):
 
 
 def log_architecture(writer, model, epoch):
-    """Op weights (sigmoid) and edge weights (softmax per node) as images and histograms in TensorBoard."""
+    """The method's op weights (sigmoid or softmax) and edge weights (softmax per node, where the method has them)
+    as images, and the architecture parameters as histograms, in TensorBoard."""
     if writer is None:
         return
     for cell in ('normal', 'reduce'):
-        op_weights = torch.sigmoid(getattr(model, f'alphas_{cell}').detach().float().cpu())
-        edge_weights = model.edge_weights(getattr(model, f'betas_{cell}').detach().float().cpu())
+        op_weights, edge_weights = model.mixing_weights(cell)
+        strength = op_weights * edge_weights[:, None]
         writer.add_image(f'op_weights/{cell}', op_weights.unsqueeze(0), epoch)
-        writer.add_image(f'op_x_edge_weights/{cell}', (op_weights * edge_weights[:, None]).unsqueeze(0) /
-                         (op_weights * edge_weights[:, None]).max(), epoch)
-        writer.add_histogram(f'alphas/{cell}', getattr(model, f'alphas_{cell}').detach().float().cpu(), epoch)
-        writer.add_histogram(f'betas/{cell}', getattr(model, f'betas_{cell}').detach().float().cpu(), epoch)
+        writer.add_image(f'op_x_edge_weights/{cell}', strength.unsqueeze(0) / strength.max(), epoch)
+        for name in (f'alphas_{cell}', f'betas_{cell}'):
+            if name in model.arch_parameter_names:
+                writer.add_histogram(name.replace('_', '/'), getattr(model, name).detach().float().cpu(), epoch)
 
 
 if __name__ == '__main__':

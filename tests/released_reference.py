@@ -1,7 +1,10 @@
-"""The released code's supernet written out literally, one module per edge, as an oracle for equivalence tests.
+"""The reference supernets of the DARTS family written out literally, one module per edge, as oracles for
+equivalence tests: the released GLA-FERNet code, PC-DARTS (the same code with softmax operation weights) and DARTS
+(softmax over the operations on every channel, the edges into a node summed).
 
-`released_twin(net)` builds it with the configuration of one of our supernets and loads that supernet's state
-dict (DARTS names, one entry per edge), so any difference in the outputs comes from the computation."""
+`released_twin(net)` builds the reference of one of our supernets' method with its configuration and loads that
+supernet's state dict (DARTS names, one entry per edge), so any difference in the outputs comes from the
+computation."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -17,17 +20,35 @@ def released_channel_shuffle(x, groups):
     return x.view(batchsize, -1, height, width)
 
 
+def candidate_ops(C, stride, primitives):
+    ops = nn.ModuleList()
+    for primitive in primitives:
+        op = OPS[primitive](C, stride, False)
+        if 'pool' in primitive:
+            op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+        ops.append(op)
+    return ops
+
+
+class DartsMixedOp(nn.Module):
+    """DARTS' mixed op: every channel through every candidate op, summed with the op weights."""
+
+    def __init__(self, C, stride, primitives=PRIMITIVES):
+        super().__init__()
+        self._ops = candidate_ops(C, stride, primitives)
+
+    def forward(self, x, weights):
+        return sum(w * op(x) for w, op in zip(weights, self._ops))
+
+
 class ReleasedMixedOp(nn.Module):
-    def __init__(self, C, stride, k):
+    """PC-DARTS' and the released code's mixed op: 1/k of the channels through the ops, then a channel shuffle."""
+
+    def __init__(self, C, stride, k, primitives=PRIMITIVES):
         super().__init__()
         self.k = k
         self.mp = nn.MaxPool2d(2, 2)
-        self._ops = nn.ModuleList()
-        for primitive in PRIMITIVES:
-            op = OPS[primitive](C // k, stride, False)
-            if 'pool' in primitive:
-                op = nn.Sequential(op, nn.BatchNorm2d(C // k, affine=False))
-            self._ops.append(op)
+        self._ops = candidate_ops(C // k, stride, primitives)
 
     def forward(self, x, weights, permutation=None):
         dim_2 = x.shape[1]
@@ -44,7 +65,7 @@ class ReleasedMixedOp(nn.Module):
 
 
 class ReleasedCell(nn.Module):
-    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, k):
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, mixed_op):
         super().__init__()
         self.reduction = reduction
         if reduction_prev:
@@ -57,25 +78,43 @@ class ReleasedCell(nn.Module):
         self._ops = nn.ModuleList()
         for i in range(steps):
             for j in range(2 + i):
-                self._ops.append(ReleasedMixedOp(C, 2 if reduction and j < 2 else 1, k))
+                self._ops.append(mixed_op(C, 2 if reduction and j < 2 else 1))
 
     def forward(self, s0, s1, weights, weights2, permutations):
+        """weights2 None: DARTS, which sums the edges into a node."""
         s0 = self.preprocess0(s0)
         s1 = self.preprocess1(s1)
         states = [s0, s1]
         offset = 0
         for _ in range(self._steps):
-            s = sum(weights2[offset + j] * self._ops[offset + j](h, weights[offset + j], permutations.get(offset + j))
-                    for j, h in enumerate(states))
+            if weights2 is None:
+                s = sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            else:
+                s = sum(weights2[offset + j] * self._ops[offset + j](h, weights[offset + j],
+                                                                     permutations.get(offset + j))
+                        for j, h in enumerate(states))
             offset += len(states)
             states.append(s)
         return torch.cat(states[-self._multiplier:], dim=1)
 
 
 class ReleasedNetwork(nn.Module):
-    def __init__(self, C, num_classes, layers, k, steps=4, multiplier=4, stem_multiplier=3):
+    """method: 'released' (GLA-FERNet: sigmoid op weights), 'pc_darts' (softmax) or 'darts' (softmax, no edge
+    weights, k = 1)."""
+
+    def __init__(self, C, num_classes, layers, k, steps=4, multiplier=4, stem_multiplier=3, method='released',
+                 primitives=PRIMITIVES):
         super().__init__()
+        self.method = method
         self._steps = steps
+        if method == 'darts':
+            assert k == 1
+
+            def mixed_op(C, stride):
+                return DartsMixedOp(C, stride, primitives)
+        else:
+            def mixed_op(C, stride):
+                return ReleasedMixedOp(C, stride, k, primitives)
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
@@ -87,7 +126,7 @@ class ReleasedNetwork(nn.Module):
                 reduction = True
             else:
                 reduction = False
-            cell = ReleasedCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, k)
+            cell = ReleasedCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, mixed_op)
             reduction_prev = reduction
             self.cells += [cell]
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
@@ -102,24 +141,43 @@ class ReleasedNetwork(nn.Module):
             start, n = end, n + 1
         return torch.cat(parts, dim=0)
 
-    def forward(self, x, alphas_normal, alphas_reduce, betas_normal, betas_reduce, permutations=None):
+    def mixing_weights(self, alphas, betas):
+        if self.method == 'darts':
+            return F.softmax(alphas, dim=-1), None
+        if self.method == 'pc_darts':
+            return F.softmax(alphas, dim=-1), self.edge_weights(betas)
+        return torch.sigmoid(alphas), self.edge_weights(betas)
+
+    def forward(self, x, alphas_normal, alphas_reduce, betas_normal=None, betas_reduce=None, permutations=None):
         """permutations: optional {(cell, edge): channel permutation} for the random-sampling variant."""
         s0 = s1 = self.stem(x)
         for i, cell in enumerate(self.cells):
             if cell.reduction:
-                weights, weights2 = torch.sigmoid(alphas_reduce), self.edge_weights(betas_reduce)
+                weights, weights2 = self.mixing_weights(alphas_reduce, betas_reduce)
             else:
-                weights, weights2 = torch.sigmoid(alphas_normal), self.edge_weights(betas_normal)
+                weights, weights2 = self.mixing_weights(alphas_normal, betas_normal)
             cell_permutations = {edge: p for (c, edge), p in (permutations or {}).items() if c == i}
             s0, s1 = s1, cell(s0, s1, weights, weights2, cell_permutations)
         out = self.global_pooling(s1)
         return self.classifier(out.view(out.size(0), -1))
 
 
+def reference_method(net):
+    """The reference method our supernet's settings select."""
+    if net.op_weight_function == 'sigmoid':
+        assert net.has_edge_weights
+        return 'released'
+    if net.has_edge_weights:
+        return 'pc_darts'
+    assert net.k == 1
+    return 'darts'
+
+
 def released_twin(net):
-    """A ReleasedNetwork with `net`'s configuration and weights (architecture parameters are inputs there)."""
+    """A ReleasedNetwork of `net`'s method with its configuration and weights (architecture parameters are inputs
+    there)."""
     twin = ReleasedNetwork(net._C, net._num_classes, net._layers, net.k, net._steps, net._multiplier,
-                           net.stem[0].out_channels // net._C)
-    arch = set(net.ARCH_PARAMETERS)
+                           net.stem[0].out_channels // net._C, reference_method(net), net.primitives)
+    arch = set(net.arch_parameter_names)
     twin.load_state_dict({key: value for key, value in net.state_dict().items() if key not in arch})
     return twin.train(net.training)

@@ -18,14 +18,37 @@ from cli import UserError
 from utils import WeightUpdate, count_parameters
 
 SUPERNETS = [sequential_search.Network, random_search.Network]
+METHODS = list(genotypes.METHODS)
+# each method's supernet, and the random-sampling one (its sampling does not depend on the method's weights)
+METHOD_SUPERNETS = ([pytest.param(sequential_search.Network, method, id=f'sequential-{method}') for method in METHODS]
+                    + [pytest.param(random_search.Network, 'gla_fernet', id='random-gla_fernet')])
 # Each named genotype once, under the name it is defined with: aliases (ARC, PCDARTS = GLA_FERNet; DARTS = DARTS_V2)
 # are the same object, defined after it.
 UNIQUE_GENOTYPES = sorted({id(g): name for name, g in reversed(genotypes.named_genotypes().items())}.values())
 
 
-def tiny_supernet(cls=sequential_search.Network, **kwargs):
+def preset(method):
+    """The Network settings of a method's supernet (genotypes.METHODS), but its number of cells."""
+    return {name: value for name, value in genotypes.METHODS[method]['supernet'].items() if name != 'layers'}
+
+
+def tiny_supernet(cls=sequential_search.Network, method='gla_fernet', **kwargs):
     torch.manual_seed(0)
-    return cls(8, 7, 3, **kwargs)
+    return cls(8, 7, 3, **{**preset(method), **kwargs})
+
+
+@pytest.mark.parametrize('method, C, num_classes, layers, expected', [
+    ('darts', 16, 7, 8, 1_929_847), ('darts', 16, 10, 8, 1_930_618), ('pc_darts', 16, 7, 8, 298_807),
+    ('emonas', 16, 7, 5, 1_275_063)])
+def test_method_supernet_parameter_counts(method, C, num_classes, layers, expected):
+    net = sequential_search.Network(C, num_classes, layers, **preset(method))
+    assert count_parameters(net, exclude=net.arch_parameters()) == expected
+    assert layers == genotypes.METHODS[method]['supernet']['layers']
+    shapes = [tuple(p.shape) for p in net.arch_parameters()]
+    ops = len(net.primitives)
+    assert shapes == ([(14, ops)] * 2 + [(14,)] * 2 if genotypes.METHODS[method]['supernet']['edge_weights']
+                      else [(14, ops)] * 2)
+    assert ops == (7 if method == 'emonas' else 8)
 
 
 @pytest.mark.parametrize('cls', SUPERNETS)
@@ -57,15 +80,16 @@ def test_state_dict_uses_darts_names():
             'auxiliary_head.classifier.weight'} <= discrete
 
 
-def test_released_weights_load_and_ours_load_into_released_layout():
-    net = sequential_search.Network(16, 7, 8)
+@pytest.mark.parametrize('method', METHODS)
+def test_released_weights_load_and_ours_load_into_released_layout(method):
+    net = sequential_search.Network(16, 7, 8 if method == 'gla_fernet' else 3, **preset(method))
     twin = released_twin(net)  # loads our state dict into one module per edge, strictly
     released_state = twin.state_dict()  # released: alphas not registered
-    fresh = sequential_search.Network(16, 7, 8)
+    fresh = sequential_search.Network(16, 7, net._layers, **preset(method))
     result = fresh.load_state_dict(released_state, strict=False)
-    assert result.unexpected_keys == [] and set(result.missing_keys) == set(net.ARCH_PARAMETERS)
+    assert result.unexpected_keys == [] and set(result.missing_keys) == set(net.arch_parameter_names)
     loaded = fresh.state_dict()
-    assert loaded.keys() - set(net.ARCH_PARAMETERS) == released_state.keys()
+    assert loaded.keys() - set(net.arch_parameter_names) == released_state.keys()
     assert all(torch.equal(loaded[key], value) for key, value in released_state.items())
 
 
@@ -148,27 +172,30 @@ def recorded_permutations(monkeypatch, net):
     return by_edge
 
 
-@pytest.mark.parametrize('cls', SUPERNETS)
-def test_supernet_forward_gradients_and_statistics_equal_released(cls, monkeypatch):
-    net = tiny_supernet(cls)
-    set_arch(net, torch.randn(14, 8), torch.randn(14))
+@pytest.mark.parametrize('cls, method', METHOD_SUPERNETS)
+def test_supernet_forward_gradients_and_statistics_equal_released(cls, method, monkeypatch):
+    # the reference of each method (released_reference): GLA-FERNet's released code, PC-DARTS (softmax op weights,
+    # per-node softmax edge weights, k=4, shuffle), DARTS and EmoNAS (softmax over every channel, edges summed)
+    net = tiny_supernet(cls, method)
+    set_arch(net, torch.randn(14, len(net.primitives)), torch.randn(14))
     twin = released_twin(net)
     permutations = recorded_permutations(monkeypatch, net) if cls is random_search.Network else dict
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 7, (4,))
     ours = net(x)
-    reference = twin(x, *net.arch_parameters(), permutations())
+    reference = twin(x, *net.arch_parameters(), permutations=permutations())
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
     names = [name for name, _ in net.named_weight_parameters()]
     grads = torch.autograd.grad(F.cross_entropy(ours, y), net.arch_parameters() + net.weight_parameters())
     reference_names, reference_weights = zip(*twin.named_parameters())
     reference_grads = torch.autograd.grad(F.cross_entropy(reference, y), net.arch_parameters() + list(reference_weights))
-    for g, r in zip(grads[:4], reference_grads[:4]):
+    arch = len(net.arch_parameters())
+    for g, r in zip(grads[:arch], reference_grads[:arch]):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-7)
-    weight_grads = dict(zip(names, grads[4:]))
+    weight_grads = dict(zip(names, grads[arch:]))
     for i, cell in enumerate(net.cells):  # our grouped gradients under per-edge names, as the state dict does
         sequential_search.per_edge_state_dict(cell, weight_grads, f'cells.{i}.', None)
     assert weight_grads.keys() == set(reference_names)
-    for name, r in zip(reference_names, reference_grads[4:]):
+    for name, r in zip(reference_names, reference_grads[arch:]):
         torch.testing.assert_close(weight_grads[name], r, rtol=1e-4, atol=1e-6)
     # BatchNorm running statistics were updated alike, so evaluation mode agrees too
     ours_state, reference_state = net.state_dict(), twin.state_dict()
@@ -177,7 +204,8 @@ def test_supernet_forward_gradients_and_statistics_equal_released(cls, monkeypat
     net.eval()
     twin.eval()
     with torch.no_grad():
-        torch.testing.assert_close(net(x), twin(x, *net.arch_parameters(), permutations()), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(net(x), twin(x, *net.arch_parameters(), permutations=permutations()), rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_sequential_is_deterministic_random_is_seeded_and_different():
@@ -197,11 +225,13 @@ def test_sequential_is_deterministic_random_is_seeded_and_different():
 
 
 def set_arch(net, alphas_normal, betas_normal):
+    """The same architecture parameters for both cell types (betas only where the method has them)."""
     with torch.no_grad():
         net.alphas_normal.copy_(alphas_normal)
         net.alphas_reduce.copy_(alphas_normal)
-        net.betas_normal.copy_(betas_normal)
-        net.betas_reduce.copy_(betas_normal)
+        if net.has_edge_weights:
+            net.betas_normal.copy_(betas_normal)
+            net.betas_reduce.copy_(betas_normal)
 
 
 def test_genotype_picks_edges_by_softmax_weighted_strength_and_never_none():
@@ -225,27 +255,65 @@ def test_genotype_picks_edges_by_softmax_weighted_strength_and_never_none():
     assert genotype == parse_genotype(genotypes.format_genotype(genotype))
 
 
-def test_genotype_matches_released_parse_on_random_weights():
-    net = tiny_supernet()
-    set_arch(net, torch.randn(14, 8), torch.randn(14))
-    weights = torch.sigmoid(net.alphas_normal).detach().numpy()
-    edge = net.edge_weights(net.betas_normal).detach().numpy()
+@pytest.mark.parametrize('method', METHODS)
+def test_genotype_matches_reference_parse_on_random_weights(method):
+    net = tiny_supernet(method=method)
+    set_arch(net, torch.randn(14, len(net.primitives)), torch.randn(14))
+    alphas = net.alphas_normal.detach()
+    if method == 'gla_fernet':  # sigmoid op weights times per-node softmax edge weights
+        weights = torch.sigmoid(alphas) * net.edge_weights(net.betas_normal).detach()[:, None]
+    elif method == 'pc_darts':  # softmax op weights times per-node softmax edge weights
+        weights = F.softmax(alphas, dim=-1) * net.edge_weights(net.betas_normal).detach()[:, None]
+    else:  # DARTS, EmoNAS: softmax op weights
+        weights = F.softmax(alphas, dim=-1)
+    weights = weights.numpy()
+    none = net.primitives.index('none') if 'none' in net.primitives else None  # EmoNAS has none
     expected, start, n = [], 0, 2
-    for i in range(4):  # the released _parse, verbatim in logic
-        W = weights[start:start + n].copy() * edge[start:start + n, None]
-        edges = sorted(range(i + 2), key=lambda x: -max(W[x][k] for k in range(len(W[x])) if k != 0))[:2]
+    for i in range(4):  # the references' _parse, verbatim in logic
+        W = weights[start:start + n].copy()
+        edges = sorted(range(i + 2), key=lambda x: -max(W[x][k] for k in range(len(W[x])) if k != none))[:2]
         for j in edges:
             k_best = None
             for k in range(len(W[j])):
-                if k != 0 and (k_best is None or W[j][k] > W[j][k_best]):
+                if k != none and (k_best is None or W[j][k] > W[j][k_best]):
                     k_best = k
-            expected.append((PRIMITIVES[k_best], j))
+            expected.append((net.primitives[k_best], j))
         start, n = start + n, n + 1
     assert net.genotype().normal == expected
 
 
-def test_first_order_architect_changes_only_architecture():
-    net = tiny_supernet()
+@pytest.mark.parametrize('method, expected', [
+    # sigmoid: edge 0's op is the strongest (sigmoid(2) > sigmoid(1.9)); node 1's edge weights favour edge 4
+    ('gla_fernet', [('sep_conv_3x3', 0), ('sep_conv_5x5', 1), ('dil_conv_3x3', 2), ('max_pool_3x3', 0)]),
+    # softmax: edge 1's op takes all its weight, edge 0's competes with 7 others; edge weights as above
+    ('pc_darts', [('sep_conv_5x5', 1), ('sep_conv_3x3', 0), ('dil_conv_3x3', 2), ('max_pool_3x3', 0)]),
+    # no edge weights: node 1 keeps its two strongest operations, edge 2's then edge 4's
+    ('darts', [('sep_conv_5x5', 1), ('sep_conv_3x3', 0), ('max_pool_3x3', 0), ('dil_conv_3x3', 2)]),
+    ('emonas', [('sep_conv_5x5', 1), ('sep_conv_3x3', 0), ('max_pool_3x3', 0), ('dil_conv_3x3', 2)]),
+])
+def test_genotype_derivation_follows_each_methods_weights(method, expected):
+    net = tiny_supernet(method=method)
+    alphas, betas = torch.zeros(14, len(net.primitives)), torch.zeros(14)
+
+    def op(name):
+        return net.primitives.index(name)
+    alphas[0, op('sep_conv_3x3')] = 2.
+    alphas[1] = -10.
+    alphas[1, op('sep_conv_5x5')] = 1.9
+    alphas[2, op('max_pool_3x3')], alphas[4, op('dil_conv_3x3')] = 3., 2.9
+    alphas[3, op('skip_connect')] = 1.
+    if 'none' in net.primitives:
+        alphas[3, op('none')] = 10.  # `none` dominates edge 3 and is never selected
+    betas[4] = 2.
+    set_arch(net, alphas, betas)
+    genotype = net.genotype()
+    assert genotype.normal[:4] == expected
+    assert all(name in net.primitives and name != 'none' for name, _ in genotype.normal + genotype.reduce)
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_first_order_architect_changes_only_architecture(method):
+    net = tiny_supernet(method=method)
     optimizer = torch.optim.SGD(net.weight_parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
     arch_step = Architect(net, optimizer, 6e-4, 1e-3)
     weights_before = [p.detach().clone() for p in net.weight_parameters()]
@@ -257,11 +325,13 @@ def test_first_order_architect_changes_only_architecture():
     assert all(p.grad is None for p in net.weight_parameters())
 
 
-def test_unrolled_gradient_matches_autograd_through_virtual_step(monkeypatch):
+@pytest.mark.parametrize('method', ['gla_fernet', 'darts'])
+def test_unrolled_gradient_matches_autograd_through_virtual_step(monkeypatch, method):
     # A tiny finite-difference step in float64, so that no ReLU or max-pool kink is crossed.
     monkeypatch.setattr(architect, 'HESSIAN_EPSILON', 1e-6)
     torch.manual_seed(0)
-    net = sequential_search.Network(4, 3, 3, k=2, image_size=8).double()
+    net = sequential_search.Network(4, 3, 3, image_size=8, **{**preset(method), 'k': min(preset(method)['k'], 2)})
+    net = net.double()
     optimizer = torch.optim.SGD(net.weight_parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
     x_train, y_train = torch.randn(4, 3, 8, 8, dtype=torch.double), torch.randint(0, 3, (4,))
     x_valid, y_valid = torch.randn(4, 3, 8, 8, dtype=torch.double), torch.randint(0, 3, (4,))

@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+import baselines
 import cli
 import genotypes
 import model
@@ -43,7 +44,7 @@ def run(script, args, cwd, check=True, env=None):
 def run_in_process(script, argv, cwd, monkeypatch):
     """main() of train.py or train_search.py in this process, with the flags checked as on the command line."""
     monkeypatch.chdir(cwd)
-    args = cli.parse(script.parser, script.check_args, argv=argv)
+    args = cli.parse(script.parser, script.check_args, script.recipe, argv=argv)
     script.main(args, utils.Log())
 
 
@@ -160,6 +161,10 @@ def test_flags_and_help_answer_before_torch_is_imported(tmp_path):
         ('train_search.py', ['--epochs', '0'], 'argument --epochs: must be a positive integer, got 0'),
         ('train_search.py', ['--epochs', '10'], '15 warm-up epochs leave no architecture epoch in --epochs 10'),
         ('train_search.py', ['--save', 'runs/x'], "'runs/x' is a name, not a path"),
+        ('train_search.py', ['--method', 'darts', '--sampling', 'random'], 'random sampling needs --k above 1'),
+        ('train_search.py', ['--primitives', 'none,conv_9x9'], "unknown candidate operation(s) 'conv_9x9'"),
+        ('train_search.py', ['--primitives', 'none'], 'need at least one besides none'),
+        ('benchmark.py', ['--method', 'emonas', '--sampling', 'random'], 'random sampling needs --k above 1'),
         ('train.py', ['--arch', 'DARTS_V2', '--genotype', 'Genotype()'], 'only one of'),
         ('train_search.py', ['--dataset', 'ckplus', '--fold', '10'], 'argument --fold: 10 is not one of the folds'),
         ('train.py', ['--model', 'rlr_cnet', '--mixup_alpha', '0.2'], "do not combine with rlr_cnet's two-branch"),
@@ -239,15 +244,93 @@ def test_released_protocol_warns(dataset, tmp_path):
 def test_benchmark_writes_every_figure(tmp_path):
     run('benchmark.py', ['--device', 'cpu', '--batch_size', '4', '--init_channels', '4', '--layers', '3',
                          '--eval_channels', '4', '--image_size', '16', '--steps', '1', '--repeats', '2',
-                         '--sampling', 'random', '--json', str(tmp_path / 'benchmark.json')], tmp_path)
+                         '--method', 'pc_darts', '--sampling', 'random', '--json', str(tmp_path / 'benchmark.json')],
+        tmp_path)
     results = json.load(open(tmp_path / 'benchmark.json'))
     for key in ['search_step_img_s', 'search_step_unrolled_img_s', 'search_step_overhead_ms', 'train_step_img_s',
                 'eval_img_s', 'latency_bs1_ms']:
         low, high = results['spread'][key]
         assert 0 < low <= results[key] <= high < float('inf'), key  # the median of the repeats it measured
     assert results['peak_mem_mb'] > 100 and 100 < results['data_img_s'] < 1e7  # torch alone takes > 100 MB
-    supernet = model_search_ran_softmax_sigmoid.Network(4, 7, 3, image_size=16)
+    supernet = model_search_ran_softmax_sigmoid.Network(4, 7, 3, image_size=16, op_weights='softmax')
     assert results['supernet_params'] == count_parameters(supernet, exclude=supernet.arch_parameters())
     net = model.Network(4, 7, 3, False, genotypes.GLA_FERNet, image_size=16)
     assert results['eval_params'] == count_parameters(net) and results['eval_flops'] == utils.count_flops(net, 16)
     assert results['config']['sampling'] == 'random' and results['torch'] == torch.__version__
+    assert (results['config']['method'], results['config']['k']) == ('pc_darts', 4)
+
+
+def test_benchmark_measures_the_supernet_of_a_method():
+    import benchmark
+    emonas = benchmark.supernet_settings(benchmark.parse_args(['--method', 'emonas']))
+    assert emonas == {k: v for k, v in genotypes.METHODS['emonas']['supernet'].items() if k != 'layers'}
+    assert benchmark.supernet_settings(benchmark.parse_args(['--method', 'darts', '--k', '2']))['k'] == 2
+
+
+@pytest.mark.parametrize('method', list(genotypes.METHODS))
+def test_each_method_searches_and_its_genotype_trains(dataset, tmp_path, monkeypatch, method):
+    sizes = ['--init_channels', '8', '--batch_size', '16', '--image_size', '16', '--workers', '0', '--device', 'cpu',
+             '--data', dataset, '--save', method, '--epochs', '1']
+    run_in_process(train_search, ['--method', method, '--warmup_epochs', '0', *sizes], tmp_path, monkeypatch)
+    search_dir = only_dir(tmp_path, f'search-{method}-')
+    preset = genotypes.METHODS[method]
+    searched = json.load(open(os.path.join(search_dir, 'args.json')))
+    for flag, value in {**preset['supernet'], **preset['search']}.items():
+        if flag not in ('init_channels', 'batch_size', 'epochs', 'warmup_epochs'):  # given above
+            assert searched[flag] == value, flag
+    assert json.load(open(os.path.join(search_dir, genotypes.METHOD_FILE)))['method'] == method
+    genotype = genotypes.parse_genotype(open(os.path.join(search_dir, 'genotype.txt')).read())
+    assert all(op in preset['supernet']['primitives'] for op, _ in genotype.normal + genotype.reduce)
+
+    run_in_process(train, ['--genotype_file', f'search-{method}-*', *sizes], tmp_path, monkeypatch)
+    trained = json.load(open(os.path.join(only_dir(tmp_path, f'eval-{method}-'), 'args.json')))
+    assert trained['recipe'] == method
+    # the discrete network of the method (EmoNAS: 5 cells, no auxiliary head, ...), or train.py's defaults
+    for flag, value in {'layers': 8, 'auxiliary': False, 'epochs': 1, **preset['train'], 'init_channels': 8}.items():
+        assert trained[flag] == (1 if flag == 'epochs' else value), flag
+    assert json.load(open(os.path.join(only_dir(tmp_path, f'eval-{method}-'), 'metrics.json')))['complete']
+
+
+def test_genotype_of_an_emonas_search_trains_emonas_network_unless_flags_say_otherwise(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, method in [('search-E', 'emonas'), ('search-D', 'darts'), ('search-old', None)]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'genotype.txt').write_text(genotypes.format_genotype(genotypes.DARTS_V2) + '\n')
+        if method:
+            (tmp_path / name / genotypes.METHOD_FILE).write_text(json.dumps({'method': method}))
+    args = cli.parse(train.parser, train.check_args, train.recipe, ['--genotype_file', 'search-E*'])
+    assert args.recipe == 'emonas' and args.genotype_file == os.path.join('search-E', 'genotype.txt')
+    assert (args.layers, args.init_channels, args.batch_size, args.learning_rate, args.epochs, args.auxiliary,
+            args.drop_path_prob) == (5, 36, 16, 0.007, 70, False, 0.2)
+    network = baselines.create_model('gla_fernet', 7, **baselines.model_options(args, genotypes.DARTS_V2))
+    assert count_parameters(network) == 603_295  # BASELINES.md 2.4: DARTS-V2 cells, 36 channels, 5 cells
+    given = cli.parse(train.parser, train.check_args, train.recipe, ['--genotype_file', 'search-E', '--layers', '8'])
+    assert (given.layers, given.init_channels) == (8, 36)
+    # DARTS' discrete network, and searches from before methods were recorded (GLA-FERNet's): train.py's defaults
+    for folder in ('search-D', 'search-old'):
+        args = cli.parse(train.parser, train.check_args, train.recipe, ['--genotype_file', folder])
+        assert (args.layers, args.init_channels, args.epochs, args.drop_path_prob) == (8, 36, 600, 0.3)
+
+
+def test_unreadable_method_file_stops_before_a_run_folder_exists(dataset, tmp_path, monkeypatch):
+    (tmp_path / 'search-X').mkdir()
+    (tmp_path / 'search-X' / 'genotype.txt').write_text(genotypes.format_genotype(genotypes.DARTS_V2) + '\n')
+    (tmp_path / 'search-X' / genotypes.METHOD_FILE).write_text('{"method": "enas"}')
+    with pytest.raises(UserError, match=r"method.json: unknown search method 'enas'; known: gla_fernet, pc_darts"):
+        run_in_process(train, ['--data', dataset, *TINY_TRAIN, '--genotype_file', 'search-X'], tmp_path, monkeypatch)
+    assert os.listdir(tmp_path) == ['search-X']
+
+
+@pytest.mark.parametrize('flags, expected', [
+    (['--method', 'emonas'], dict(op_weights='softmax', edge_weights=False, k=1, layers=5, batch_size=16,
+                                  learning_rate=0.007, learning_rate_min=0.001, arch_learning_rate=3e-4,
+                                  warmup_epochs=0, primitives=genotypes.PRIMITIVES[1:])),
+    (['--method', 'emonas', '--primitives', 'all', '--layers', '8'], dict(primitives=genotypes.PRIMITIVES, layers=8)),
+    (['--op_weights', 'softmax'], dict(op_weights='softmax', edge_weights=True, k=4, learning_rate=0.1)),  # ablation
+    (['--method', 'darts', '--primitives', 'sep_conv_3x3,none, skip_connect'],
+     dict(primitives=['none', 'skip_connect', 'sep_conv_3x3'], learning_rate=0.025, warmup_epochs=0)),
+    (['--method', 'pc_darts', '--no-edge_weights', '--k', '2'], dict(op_weights='softmax', edge_weights=False, k=2)),
+])
+def test_method_presets_are_defaults_each_flag_overrides(flags, expected):
+    args = cli.parse(train_search.parser, train_search.check_args, train_search.recipe, flags)
+    assert {flag: getattr(args, flag) for flag in expected} == expected

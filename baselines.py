@@ -1,6 +1,8 @@
 """The networks train.py trains, built by one factory (timm's convention): create_model(name, num_classes, **options).
 
 `gla_fernet` is the discrete DARTS-family network of a genotype (model.py, paper Sec. 3.4)."""
+import inspect
+
 import model
 from cli import UserError
 
@@ -18,6 +20,11 @@ def create_model(name, num_classes, **options):
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name](num_classes, **options)
+
+
+def uses_genotype(name):
+    """Whether model `name` is built from a genotype (a searched cell), so that its genotype tells runs apart."""
+    return name in MODELS and 'genotype' in inspect.signature(MODELS[name]).parameters
 
 
 def model_options(args, genotype=None):

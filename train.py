@@ -63,7 +63,8 @@ def main(args, log):
                        channels_last=args.channels_last)
     train_loader = data_loader.DeviceLoader(train_set.images, train_set.labels, args.batch_size, augment=True,
                                             shuffle=True, drop_last=True, **loader_args)
-    test_loader = data_loader.DeviceLoader(test_set.images, test_set.labels, args.batch_size, **loader_args)
+    test_loader = data_loader.evaluation_loader(test_set.images, test_set.labels, args, device, rank=rank,
+                                                world_size=world_size)
     data_loader.check_batches(train_loader, 'the training set', 'lower --batch_size')
     log(f'{args.dataset}: {len(train_set.labels)} training images, {len(test_set.labels)} test images, '
         f'{num_classes} classes')

@@ -148,7 +148,7 @@ def test_flags_and_help_answer_before_torch_is_imported(tmp_path):
     (tmp_path / 'torch').mkdir()
     (tmp_path / 'torch' / '__init__.py').write_text("raise ImportError('torch was imported')")
     no_torch = {'PYTHONPATH': f'{tmp_path}{os.pathsep}{ROOT}'}
-    for script in ('train.py', 'train_search.py', 'benchmark.py'):
+    for script in ('train.py', 'train_search.py', 'benchmark.py', 'predict.py', 'report.py'):
         result = run(script, ['--help'], tmp_path, env=no_torch)
         assert result.stdout.startswith('usage:') and '(issue' not in result.stdout
     for script, flags, message in [
@@ -160,6 +160,8 @@ def test_flags_and_help_answer_before_torch_is_imported(tmp_path):
         ('train_search.py', ['--epochs', '10'], '15 warm-up epochs leave no architecture epoch in --epochs 10'),
         ('train_search.py', ['--save', 'runs/x'], "'runs/x' is a name, not a path"),
         ('train.py', ['--arch', 'DARTS_V2', '--genotype', 'Genotype()'], 'only one of'),
+        ('predict.py', ['eval-X'], 'give images to classify, or --export PATH, or both'),
+        ('predict.py', ['eval-X', '--export', 'net.zip'], 'must end in .pt2 (torch.export) or .onnx'),
     ]:
         result = run(script, flags, tmp_path, check=False, env=no_torch)
         assert result.returncode == 2 and message in result.stderr, (flags, result.stderr)

@@ -281,7 +281,7 @@ def classify(trained, paths, device, batch_size, topk, workers, log):
     with contextlib.closing(decoded):
         for path, array, error in decoded:
             if error:
-                log(f'skipped {path}: {error}')
+                log(f'skipped: {error}')
                 entries.append((path, error))
                 continue
             entries.append((path, len(chunk)))

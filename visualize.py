@@ -210,6 +210,8 @@ def plot_architecture_weights(history, cell, path, title='', warmup_epochs=0, ge
     if genotype is not None:
         pairs = genotype.normal if cell == 'normal' else genotype.reduce
         kept = {(position // 2, source): op for position, (op, source) in enumerate(pairs)}
+    pad = max(0.05 * float(ops.max() - ops.min()), 1e-3)
+    op_range = (float(ops.min()) - pad, float(ops.max()) + pad)  # one scale for all operation panels: comparable
     state_names = ['$c_{k-2}$', '$c_{k-1}$'] + [f'node {i}' for i in range(steps)]
     columns = steps + 2
     figure = Figure(figsize=(1.9 * columns, 1.45 * steps + 0.9), layout='constrained')
@@ -230,12 +232,11 @@ def plot_architecture_weights(history, cell, path, title='', warmup_epochs=0, ge
                     ax.plot(epochs, edges[:, first + k], color=COLOURS[k % len(COLOURS)], lw=1.2,
                             label=state_names[k].replace('node ', ''))
                 ax.set_title(f'edge weights into node {node}', fontsize=7.5)
-                ax.legend(fontsize=6, ncol=2, title='from', title_fontsize=6, framealpha=0.6)
                 continue
             for p, name in enumerate(primitives):
                 ax.plot(epochs, ops[:, first + source, p], color=op_colour(name), lw=1.1,
                         ls='--' if name == 'none' else '-', label=name)
-            ax.set_ylim(-0.02, 1.02)
+            ax.set_ylim(*op_range)
             caption = f'{state_names[source]} → node {node}'
             if (node, source) in kept:
                 caption += f'\nkept: {kept[(node, source)]}'
@@ -247,6 +248,8 @@ def plot_architecture_weights(history, cell, path, title='', warmup_epochs=0, ge
         ax.set_xlabel('epoch', fontsize=8)
     handles, labels = grid[0, 0].get_legend_handles_labels()
     figure.legend(handles, labels, loc='outside lower center', ncol=len(primitives), fontsize=8, frameon=False)
+    handles, labels = grid[-1, -1].get_legend_handles_labels()  # the last node has an edge from every state
+    figure.legend(handles, labels, loc='outside right center', fontsize=8, title='edge from', title_fontsize=8)
     figure.suptitle(title or f'{cell} cell: weight of each operation on each edge (sigmoid of alpha) and of each '
                              f'edge into a node (softmax of beta); warm-up shaded', fontsize=10)
     save_figure(figure, path)

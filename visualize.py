@@ -264,7 +264,7 @@ def plot_accuracy_versus_cost(points, cost, path, accuracy_label):
     panels = sorted({p['panel'] for p in points})
     models = sorted({p['model'] for p in points})
     figure = Figure(figsize=(1.2 + 3.8 * len(panels), 3.8), layout='constrained')
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, panel in zip(axes, panels):
         here = sorted((p for p in points if p['panel'] == panel), key=lambda p: (p[cost], -p['accuracy']))
         for p in here:

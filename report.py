@@ -369,7 +369,7 @@ def draw_figures(runs, groups, selection, out):
             name = f'{run["name"]}-confusion'
             visualize.plot_confusion_matrix(
                 last['confusion_matrix'], run['metrics']['class_names'], os.path.join(out, path(name)),
-                f'{run["name"]}: test set, last epoch ({last.get("epoch", DASH)}), accuracy {last["accuracy"]:.2f}%')
+                f'{run["name"]}\ntest set, last epoch ({last.get("epoch", DASH)}): accuracy {last["accuracy"]:.2f}%')
             drawn.append((name, path(name)))
         if run['kind'] == 'search':
             genotype = genotypes.parse_genotype(run['genotype']) if run['genotype'] else None

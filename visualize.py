@@ -164,7 +164,7 @@ def plot_confusion_matrix(matrix, class_names, path, title=''):
     ax.set_ylabel('true class', fontsize=10)
     figure.colorbar(image, ax=ax, shrink=0.8).set_label('share of the true class (%)', fontsize=9)
     if title:
-        ax.set_title(textwrap.fill(title, 60), fontsize=10)
+        ax.set_title('\n'.join(textwrap.fill(line, 60) for line in title.splitlines()), fontsize=10)
     save_figure(figure, path)
 
 
@@ -246,6 +246,7 @@ def plot_architecture_weights(history, cell, path, title='', warmup_epochs=0, ge
         first += node + 2
     for ax in grid[-1]:
         ax.set_xlabel('epoch', fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = grid[0, 0].get_legend_handles_labels()
     figure.legend(handles, labels, loc='outside lower center', ncol=len(primitives), fontsize=8, frameon=False)
     handles, labels = grid[-1, -1].get_legend_handles_labels()  # the last node has an edge from every state

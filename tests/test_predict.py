@@ -105,10 +105,11 @@ def test_onnx_export_matches_eager(runs, tmp_path, monkeypatch):
     assert (got - expected).abs().max().item() <= 1e-4
 
 
-def test_onnx_export_without_its_packages_says_what_to_install(monkeypatch):
+def test_onnx_export_without_its_packages_says_what_to_install(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None)
     with pytest.raises(SystemExit):
         predict.check_args(predict.parser, predict.parser.parse_args(['run', '--export', 'net.onnx']))
+    assert 'pip install onnx onnxscript onnxruntime; or export to .pt2, which needs torch alone' in capsys.readouterr().err
 
 
 def test_bad_input_stops_with_one_message(runs, dataset, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ hand-designed FER networks GLA-FERNet is compared with, as BASELINES.md specifie
 Sec. 3), ShuffleNetV2-1.0x (torchvision), RLR-CNet (Mou et al. 2023, Sec. 3.2-3.4) and CoRes-SE (Pourasghari Haghi
 2025, its notebook). They hold no I/O: load_pretrained is the one function that reads weight files.
 """
+import inspect
 import os
 
 import torch
@@ -292,6 +293,11 @@ def create_model(name, num_classes, **options):
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name](num_classes, **options)
+
+
+def uses_genotype(name):
+    """Whether model `name` is built from a genotype (a searched cell), so that its genotype tells runs apart."""
+    return name in MODELS and 'genotype' in inspect.signature(MODELS[name]).parameters
 
 
 def model_options(args, genotype=None):

@@ -2,6 +2,7 @@
 ones, or subject-independent folds), augmentation on the training device, the loader that batches them, and dynamic
 images of micro-expression clips (EmoNAS Sec. 3). The label formats are in formats.py."""
 import argparse
+import contextlib
 import hashlib
 import math
 import multiprocessing
@@ -80,7 +81,12 @@ def decode_image(path, size=None, grayscale=False):
 
 
 def _decode_job(job):
-    return decode_image(*job)
+    """(image, None), or (None, the reason) for a file that cannot be decoded: the caller decides whether one bad
+    file stops the whole set (a dataset) or is listed and skipped (predict.py)."""
+    try:
+        return decode_image(*job), None
+    except UserError as e:
+        return None, str(e)
 
 
 def _decode_pool(workers):
@@ -137,6 +143,24 @@ def _write_cache(cache_file, content, log):
         log(f"could not write cache {cache_file} ({e}); continuing without it")
 
 
+def decode_images(paths, size, workers=0, grayscale=False, window=4096):
+    """Yield (path, size x size x 3 uint8 array or None, None or why it cannot be decoded) for each path, in order,
+    decoded by `workers` processes (0: in this one). Paths are decoded a window at a time, the next window while the
+    caller works on this one, so a large folder neither waits for nor holds all its images at once."""
+    jobs = [(str(p), size, grayscale) for p in paths]
+    pool = _decode_pool(workers) if workers > 0 else None
+    decode = (lambda part: pool.imap(_decode_job, part, chunksize=64)) if pool else (lambda part: map(_decode_job, part))
+    try:
+        pending = decode(jobs[:window])
+        for start in range(0, len(jobs), window):
+            current, pending = pending, decode(jobs[start + window:start + 2 * window])
+            for path, (array, error) in zip(paths[start:start + window], current):
+                yield path, array, error
+    finally:
+        if pool:
+            pool.terminate()
+
+
 def load_images(paths, source_size=SOURCE_SIZE, workers=0, cache_dir=None, root='.', log=print, grayscale=False):
     """Decode paths once into an N x 3 x S x S uint8 tensor, reusing a cache file while no file changed."""
     stats = []
@@ -160,18 +184,14 @@ def load_images(paths, source_size=SOURCE_SIZE, workers=0, cache_dir=None, root=
 
     images = torch.empty((len(paths), 3, source_size, source_size), dtype=torch.uint8)
     start, report_every = time.time(), max(1000, len(paths) // 10)
-    jobs = [(str(p), source_size, grayscale) for p in paths]
     log(f"decoding {len(paths)} images under {root} with {max(workers, 1)} process(es)")
-    pool = _decode_pool(workers) if workers > 0 else None
-    try:
-        results = pool.imap(_decode_job, jobs, chunksize=64) if pool else map(_decode_job, jobs)
-        for i, array in enumerate(results):
+    with contextlib.closing(decode_images(paths, source_size, workers, grayscale)) as decoded:  # closing stops the workers
+        for i, (_, array, error) in enumerate(decoded):
+            if error:
+                raise UserError(error)  # a listed image the set cannot do without
             images[i] = torch.from_numpy(array).permute(2, 0, 1)
             if (i + 1) % report_every == 0 and i + 1 < len(paths):
                 log(f"  decoded {i + 1}/{len(paths)}")
-    finally:
-        if pool:
-            pool.terminate()
     log(f"decoded {len(paths)} images in {time.time() - start:.1f}s")
     _write_cache(cache_file, {'key': key, 'images': images}, log)
     return images
@@ -625,6 +645,14 @@ class DeviceLoader:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels.index_select(0, order_device[batch])
+
+
+def evaluation_loader(images, labels, args, device, batch_size=None, rank=0, world_size=1):
+    """The batches a run with arguments `args` evaluates on: its uint8 source images resized to --image_size and
+    normalised, unaugmented, in order. train.py's test loader and predict.py both use it, so that a new image is
+    seen exactly as the test images were."""
+    return DeviceLoader(images, labels, batch_size or args.batch_size, device, image_size=args.image_size,
+                        seed=args.seed, rank=rank, world_size=world_size, channels_last=args.channels_last)
 
 
 def check_batches(loader, what, fix):

@@ -150,6 +150,13 @@ def genotype_by_name(name):
     return genotypes[name]
 
 
+def genotype_name(genotype):
+    """The name this module gives `genotype` (the first one, before its aliases), or None."""
+    canonical = lambda g: [[tuple(pair) for pair in g.normal], list(g.normal_concat),
+                           [tuple(pair) for pair in g.reduce], list(g.reduce_concat)]
+    return next((name for name, known in named_genotypes().items() if canonical(known) == canonical(genotype)), None)
+
+
 def format_genotype(genotype):
     """The one-line text search logs print and parse_genotype reads."""
     return repr(genotype)

@@ -230,10 +230,12 @@ def main(args, log):
         reversed_loader = data_loader.DeviceLoader(train_set.images, train_set.labels, args.batch_size,
                                                    augment=augmentation, drop_last=True, sampler='reversed', stream=1,
                                                    **loader_args)
-    test_loader = data_loader.DeviceLoader(test_set.images, test_set.labels, args.batch_size, **loader_args)
+    test_loader = data_loader.evaluation_loader(test_set.images, test_set.labels, args, device, rank=rank,
+                                                world_size=world_size)
     val_loader = None
     if val_set is not None:
-        val_loader = data_loader.DeviceLoader(val_set.images, val_set.labels, args.batch_size, **loader_args)
+        val_loader = data_loader.evaluation_loader(val_set.images, val_set.labels, args, device, rank=rank,
+                                                   world_size=world_size)
     data_loader.check_batches(train_loader, 'the training set',
                               'lower --batch_size' + (' or --val_portion' if args.val_portion else ''))
     log(f'{args.dataset}: {len(train_set.labels)} training images, ' +

@@ -170,6 +170,7 @@ def main(args, log):
                               train_f1=train_metrics['f1'], valid_acc=valid_metrics['accuracy'],
                               valid_f1=valid_metrics['f1'])
             log_architecture(writer, model, epoch)
+            utils.write_epoch_record(run.path(utils.ARCHITECTURE_WEIGHTS_FILE), epoch, model.architecture_weights())
             if best['epoch'] == epoch:
                 write_genotype(run, best['genotype'])
         run.save(epoch, best, stateful)

@@ -188,6 +188,7 @@ class Log:
 
 
 FAILED_MARKER = 'FAILED'  # a file in the run folder of a run that stopped with an error; it holds the error
+ARCHITECTURE_WEIGHTS_FILE = 'architecture_weights.json'  # a search's op and edge weights after every epoch
 
 
 def run_main(main, args):
@@ -296,6 +297,16 @@ def write_json(path, data):
         with open(tmp, 'w') as f:
             json.dump(data, f, indent=2)
     atomic_write(path, write)
+
+
+def write_epoch_record(path, epoch, record):
+    """Add {'epoch': epoch, **record} to the JSON list in `path`, replacing the records of this and later epochs (a
+    resumed run repeats the epochs after its checkpoint), atomically: one file per run that holds a history."""
+    records = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            records = [r for r in json.load(f) if r['epoch'] < epoch]
+    write_json(path, records + [{'epoch': epoch, **record}])
 
 
 def save_checkpoint(state, path):
@@ -575,15 +586,18 @@ def run_epoch(step, loader, num_classes, progress):
     return loss_meter, matrix
 
 
+def main_logits(output):
+    """The class logits of a network's output: the discrete DARTS-family network returns (logits, logits_aux)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 def evaluate(model, loader, num_classes, amp_dtype=None):
     """Loss and confusion matrix over a loader (all processes together under torchrun), in eval mode."""
     model.eval()
     loss_meter, matrix = LossMeter(loader.device), ConfusionMatrix(num_classes, loader.device)
     with torch.no_grad(), autocast(loader.device, amp_dtype):
         for x, y in loader:
-            logits = model(x)
-            if isinstance(logits, tuple):  # the discrete network returns (logits, logits_aux)
-                logits = logits[0]
+            logits = main_logits(model(x))
             loss_meter.update(F.cross_entropy(logits.float(), y), len(y))
             matrix.update(logits, y)
     loss_meter.all_reduce()

@@ -1,94 +1,298 @@
-"""Pictures of a run with pillow alone: a searched cell (as DARTS' visualize.py, without graphviz) and a confusion matrix."""
+"""Figures of runs, drawn with matplotlib as PNG and PDF: searched cells (DARTS' cell diagrams without graphviz),
+confusion matrices, training curves, architecture weights over a search (paper Sec. 4), accuracy versus size."""
 import os
+import textwrap
 
-from PIL import Image, ImageDraw, ImageFont
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from matplotlib.path import Path
+from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from genotypes import parse_genotype
+from genotypes import PRIMITIVES, parse_genotype
 
-FONT = ImageFont.load_default()
+PNG_DPI = 150
+FONT = {'family': 'DejaVu Sans'}  # ships with matplotlib, so text measures the same everywhere
+COLOURS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22',
+           '#17becf']  # matplotlib's tab10
+MARKERS = 'osD^vP*Xph<>'
 
 
-def _text_size(draw, text):
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=FONT)
-    return right - left, bottom - top
+def save_figure(figure, path):
+    """`path` as PNG and, beside it, the same name as PDF (vector, for a paper); each written to a temporary name and
+    renamed, so a kill never leaves half a picture."""
+    stem = os.path.splitext(path)[0]
+    if figure.get_layout_engine() is not None:
+        figure.draw_without_rendering()  # lay out once, not once per file: it costs more than drawing
+        figure.set_layout_engine('none')
+    for extension, dpi in (('png', PNG_DPI), ('pdf', None)):
+        target = f'{stem}.{extension}'
+        figure.savefig(f'{target}.tmp', format=extension, dpi=dpi, facecolor='white')
+        os.replace(f'{target}.tmp', target)
+
+
+def op_colour(name):
+    """One colour per operation, the same in every figure."""
+    names = PRIMITIVES[1:] + ['sep_conv_7x7', 'conv_7x1_1x7', 'none']
+    return COLOURS[names.index(name) % len(COLOURS)] if name in names else 'black'
+
+
+# ---------------------------------------------------------------- cell diagrams
+
+# Geometry of a cell diagram, in inches: the axes span the figure, so one data unit is one inch and text sizes are
+# known in data units.
+SPACING = 1.6  # between node centres; the gap between two boxes must hold the widest operation name
+BOX_W, BOX_H = 0.74, 0.36
+FIRST_LANE, LANE = 0.3, 0.3  # height of the lowest edge lane above the boxes, and between lanes (> a label's height)
+BUS = 0.32  # depth of the line that gathers the concatenated nodes below the boxes
+MARGIN, TITLE = 0.15, 0.4
+LABEL_SIZE = 8.5
+
+
+def cell_layout(ops, concat):
+    """Where everything of a cell diagram goes, so that no edge label can touch another label, a box or another edge.
+
+    The states lie on one line: c_{k-2}, c_{k-1}, the intermediate nodes, then c_{k}. Each operation is an edge
+    drawn up from its source box to a horizontal lane, along it and down into its target box. Edges whose spans
+    overlap get different lanes (at least a label's height apart), and every vertical segment lies within a box's
+    width; an edge's label sits on its lane in the gap just before its target box. So a label shares its place with
+    no vertical segment, no box, and no other lane or label. The concatenated nodes feed c_{k} along a line below.
+    Returns {'nodes': [(x, text, kind)], 'edges': [{'op', 'source', 'target', 'points', 'label'}], 'bus': [points],
+    'size': (width, height), 'bottom': y of the lowest point}."""
+    steps = len(ops) // 2
+    x = lambda state: MARGIN + BOX_W / 2 + state * SPACING
+    edges = [{'op': op, 'source': source, 'target': position // 2 + 2}
+             for position, (op, source) in enumerate(ops)]
+    # Lanes: shortest spans lowest (arcs nest), each edge on the lowest lane free over its span. Spans may share an
+    # end node: an edge leaves a box from its right half and enters one in its left half.
+    lanes = []  # the edges on each lane
+    for edge in sorted(edges, key=lambda e: (e['target'] - e['source'], e['source'])):
+        disjoint = lambda placed: all(e['target'] <= edge['source'] or edge['target'] <= e['source'] for e in placed)
+        edge['lane'] = next((lane for lane, placed in enumerate(lanes) if disjoint(placed)), len(lanes))
+        if edge['lane'] == len(lanes):
+            lanes.append([])
+        lanes[edge['lane']].append(edge)
+    lane_y = lambda lane: BOX_H / 2 + FIRST_LANE + lane * LANE
+    # Ports: higher lanes leave nearer a box's centre and arrive nearer it, so that no vertical segment crosses a
+    # lower lane of the same box.
+    for state in range(steps + 2):
+        leaving = sorted((e for e in edges if e['source'] == state), key=lambda e: -e['lane'])
+        for k, edge in enumerate(leaving):
+            edge['start'] = x(state) + BOX_W / 2 * (k + 1) / (len(leaving) + 1)
+        arriving = sorted((e for e in edges if e['target'] == state), key=lambda e: e['lane'])
+        for k, edge in enumerate(arriving):
+            edge['end'] = x(state) - BOX_W / 2 * (len(arriving) - k) / (len(arriving) + 1)
+    for edge in edges:
+        y = lane_y(edge['lane'])
+        edge['points'] = [(edge['start'], BOX_H / 2), (edge['start'], y), (edge['end'], y), (edge['end'], BOX_H / 2)]
+        edge['label'] = ((x(edge['target'] - 1) + x(edge['target'])) / 2, y)
+
+    output = steps + 2
+    names = ['$c_{k-2}$', '$c_{k-1}$'] + [str(i) for i in range(steps)]
+    nodes = [(x(s), name, 'input' if s < 2 else 'node') for s, name in enumerate(names)]
+    nodes.append((x(output), '$c_{k}$', 'output'))
+    bus_y = -BOX_H / 2 - BUS
+    bus = [[(x(s), -BOX_H / 2), (x(s), bus_y)] for s in concat]
+    bus.append([(min(x(s) for s in concat), bus_y), (x(output), bus_y), (x(output), -BOX_H / 2)])
+    top = lane_y(max(len(lanes) - 1, 0)) + TITLE
+    bottom = bus_y - MARGIN
+    return {'nodes': nodes, 'edges': edges, 'bus': bus, 'size': (x(output) + BOX_W / 2 + MARGIN, top - bottom),
+            'bottom': bottom}
+
+
+def cell_figure(ops, concat, title=''):
+    """The matplotlib Figure of a cell (see cell_layout); edge labels carry gid 'op-label', edges 'edge'."""
+    layout = cell_layout(ops, concat)
+    width, height = layout['size']
+    figure = Figure(figsize=(width, height))
+    ax = figure.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(layout['bottom'], layout['bottom'] + height)
+    ax.axis('off')
+    arrow = dict(arrowstyle='-|>,head_length=0.45,head_width=0.2', mutation_scale=12, shrinkA=0, shrinkB=0,
+                 joinstyle='round', capstyle='round')
+    *drops, into_output = layout['bus']
+    for points in drops:
+        ax.plot(*zip(*points), color='0.55', lw=1.2, solid_capstyle='round')
+    ax.add_patch(FancyArrowPatch(path=Path(into_output), color='0.55', lw=1.2, **arrow))
+    for edge in layout['edges']:
+        colour = op_colour(edge['op'])
+        ax.add_patch(FancyArrowPatch(path=Path(edge['points']), color=colour, lw=1.4, gid='edge', **arrow))
+        ax.text(*edge['label'], edge['op'], ha='center', va='center', fontsize=LABEL_SIZE, color=colour, gid='op-label',
+                bbox=dict(boxstyle='square,pad=0.15', facecolor='white', edgecolor='none'), **FONT)
+    fills = {'input': '#c7e9c0', 'node': '#c6dbef', 'output': '#fdd0a2'}
+    for x, text, kind in layout['nodes']:
+        ax.add_patch(FancyBboxPatch((x - BOX_W / 2, -BOX_H / 2), BOX_W, BOX_H, boxstyle='round,pad=0,rounding_size=0.06',
+                                    facecolor=fills[kind], edgecolor='black', lw=1, gid='node'))
+        ax.text(x, 0, text, ha='center', va='center', fontsize=11, **FONT)
+    if title:
+        ax.text(MARGIN, layout['bottom'] + height - 0.1, title, ha='left', va='top', fontsize=11, weight='bold', **FONT)
+    return figure
 
 
 def plot_cell(ops, concat, path, title=''):
-    """Draw a cell: inputs c_{k-2}, c_{k-1} on the left, intermediate nodes in the middle, c_{k} on the right.
-    `ops` is a genotype's normal or reduce list of (op, input) pairs, two per node."""
-    steps = len(ops) // 2
-    width, height = 260 + 150 * steps, 120 + 70 * max(steps, 2)
-    image = Image.new('RGB', (width, height), 'white')
-    draw = ImageDraw.Draw(image)
-    box_w, box_h = 56, 26
-    centres = {0: (50, height // 3), 1: (50, 2 * height // 3)}
-    for i in range(steps):
-        # zig-zag, so that edges skipping a node do not run through it
-        centres[i + 2] = (190 + 150 * i, height // 2 + (-1) ** i * (height // 4))
-    output = (width - 50, height // 2)
-
-    def box(centre, label, fill):
-        x, y = centre
-        draw.rectangle([x - box_w // 2, y - box_h // 2, x + box_w // 2, y + box_h // 2], fill=fill, outline='black')
-        w, h = _text_size(draw, label)
-        draw.text((x - w / 2, y - h / 2 - 1), label, fill='black', font=FONT)
-
-    def arrow(start, end, label='', colour='black'):
-        (x0, y0), (x1, y1) = start, end
-        x0, x1 = x0 + box_w // 2, x1 - box_w // 2
-        draw.line([x0, y0, x1, y1], fill=colour, width=2)
-        draw.polygon([(x1, y1), (x1 - 9, y1 - 4), (x1 - 9, y1 + 4)], fill=colour)
-        if label:
-            mx, my = (x0 + x1) / 2, (y0 + y1) / 2
-            w, h = _text_size(draw, label)
-            draw.rectangle([mx - w / 2 - 2, my - h / 2 - 2, mx + w / 2 + 2, my + h / 2 + 2], fill='white')
-            draw.text((mx - w / 2, my - h / 2 - 1), label, fill='darkblue', font=FONT)
-
-    for position, (name, index) in enumerate(ops):
-        arrow(centres[index], centres[position // 2 + 2], name)
-    for index in concat:
-        arrow(centres[index], output, colour='gray')
-    box(centres[0], 'c_{k-2}', 'palegreen')
-    box(centres[1], 'c_{k-1}', 'palegreen')
-    for i in range(steps):
-        box(centres[i + 2], str(i), 'lightblue')
-    box(output, 'c_{k}', 'palegoldenrod')
-    if title:
-        draw.text((10, 8), title, fill='black', font=FONT)
-    image.save(path)
+    """Draw a cell as path (PNG) and PDF: inputs c_{k-2}, c_{k-1} on the left, then the intermediate nodes, then
+    c_{k}. `ops` is a genotype's normal or reduce list of (op, input) pairs, two per node."""
+    save_figure(cell_figure(ops, concat, title), path)
 
 
 def plot_genotype(genotype_text, folder):
-    """normal.png and reduce.png of a genotype (its text, as genotype.txt holds it) in folder."""
+    """normal.png and reduce.png (and their PDFs) of a genotype (its text, as genotype.txt holds it) in folder."""
     genotype = parse_genotype(genotype_text)
     plot_cell(genotype.normal, genotype.normal_concat, os.path.join(folder, 'normal.png'), 'normal cell')
     plot_cell(genotype.reduce, genotype.reduce_concat, os.path.join(folder, 'reduce.png'), 'reduction cell')
 
 
+# ---------------------------------------------------------------- results of a run
+
 def plot_confusion_matrix(matrix, class_names, path, title=''):
     """Row-normalised confusion matrix (rows: true class, columns: prediction), counts and percentages."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    shares = 100 * counts / np.maximum(counts.sum(1, keepdims=True), 1)
     n = len(class_names)
-    cell, left, top = 64, 90, 60
-    image = Image.new('RGB', (left + n * cell + 20, top + n * cell + 70), 'white')
-    draw = ImageDraw.Draw(image)
-    for i, row in enumerate(matrix):
-        total = max(sum(row), 1)
-        for j, count in enumerate(row):
-            share = count / total
-            shade = int(255 * (1 - share))
-            x, y = left + j * cell, top + i * cell
-            draw.rectangle([x, y, x + cell, y + cell], fill=(shade, shade, 255), outline='gray')
-            colour = 'white' if share > 0.5 else 'black'
-            for k, text in enumerate((f'{count}', f'{100 * share:.0f}%')):
-                w, h = _text_size(draw, text)
-                draw.text((x + (cell - w) / 2, y + cell / 2 - h - 2 + k * (h + 4)), text, fill=colour, font=FONT)
-        w, h = _text_size(draw, class_names[i][:12])
-        draw.text((left - w - 6, top + i * cell + (cell - h) / 2), class_names[i][:12], fill='black', font=FONT)
-    for j, name in enumerate(class_names):
-        w, _ = _text_size(draw, name[:10])
-        draw.text((left + j * cell + (cell - w) / 2, top + n * cell + 6), name[:10], fill='black', font=FONT)
-    draw.text((left, top + n * cell + 26), 'predicted class', fill='black', font=FONT)
-    draw.text((10, top - 20), 'true class', fill='black', font=FONT)
+    side = 1.2 + 0.72 * n
+    figure = Figure(figsize=(side + 1.6, side + 0.6), layout='constrained')
+    ax = figure.add_subplot()
+    image = ax.imshow(shares, cmap='Blues', vmin=0, vmax=100)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f'{counts[i, j]}\n{shares[i, j]:.0f}%', ha='center', va='center', fontsize=8,
+                    color='white' if shares[i, j] > 55 else 'black', **FONT)
+    ax.set_xticks(range(n), class_names, rotation=40, ha='right', rotation_mode='anchor', fontsize=9)
+    ax.set_yticks(range(n), class_names, fontsize=9)
+    ax.set_xlabel('predicted class', fontsize=10)
+    ax.set_ylabel('true class', fontsize=10)
+    figure.colorbar(image, ax=ax, shrink=0.8).set_label('share of the true class (%)', fontsize=9)
     if title:
-        draw.text((10, 10), title, fill='black', font=FONT)
-    image.save(path)
+        ax.set_title('\n'.join(textwrap.fill(line, 60) for line in title.splitlines()), fontsize=10)
+    save_figure(figure, path)
+
+
+def plot_training_curves(curves, path, title='', warmup_epochs=0):
+    """Loss and accuracy per epoch: `curves` maps 'train_loss', 'test_acc', ... (the TensorBoard scalars of a run)
+    to (epochs, values); each split is one line in both panels. Warm-up epochs of a search are shaded."""
+    figure = Figure(figsize=(9, 3.4), layout='constrained')
+    names = {'train': 'training set', 'test': 'test set', 'valid': 'held-out split (architecture steps)',
+             'val': 'validation split'}
+    for k, (quantity, label) in enumerate((('loss', 'cross-entropy loss'), ('acc', 'accuracy (%)'))):
+        ax = figure.add_subplot(1, 2, k + 1)
+        for n, (split, name) in enumerate(names.items()):
+            if f'{split}_{quantity}' in curves:
+                epochs, values = curves[f'{split}_{quantity}']
+                ax.plot(epochs, values, marker='o' if len(epochs) < 30 else None, ms=3, color=COLOURS[n], label=name)
+        if warmup_epochs:
+            ax.axvspan(-0.5, warmup_epochs - 0.5, color='0.9', zorder=0, label='warm-up (no architecture steps)')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel('epoch')
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    save_figure(figure, path)
+
+
+def plot_architecture_weights(history, cell, path, title='', warmup_epochs=0, genotype=None):
+    """How a search's architecture weights evolved (the figure NAS papers show), for `cell` 'normal' or 'reduce'.
+
+    history: the records of train_search.py's architecture_weights.json ({'epoch', 'primitives', 'normal':
+    {'ops': edges x ops, 'edges': edges}, 'reduce': ...}). Row i is intermediate node i: one panel per incoming edge
+    with the weight of each candidate operation (sigmoid of alpha), then one panel with the weights of its edges
+    (softmax of beta over the node's inputs). Edges the genotype kept are framed and name their operation."""
+    epochs = [record['epoch'] for record in history]
+    primitives = history[0]['primitives']
+    ops = np.array([record[cell]['ops'] for record in history])  # epochs x edges x primitives
+    edges = np.array([record[cell]['edges'] for record in history])  # epochs x edges
+    steps = 0
+    while steps * (steps + 3) // 2 < ops.shape[1]:  # node i has 2 + i incoming edges
+        steps += 1
+    kept = {}
+    if genotype is not None:
+        pairs = genotype.normal if cell == 'normal' else genotype.reduce
+        kept = {(position // 2, source): op for position, (op, source) in enumerate(pairs)}
+    pad = max(0.05 * float(ops.max() - ops.min()), 1e-3)
+    op_range = (float(ops.min()) - pad, float(ops.max()) + pad)  # one scale for all operation panels: comparable
+    state_names = ['$c_{k-2}$', '$c_{k-1}$'] + [f'node {i}' for i in range(steps)]
+    columns = steps + 2
+    figure = Figure(figsize=(1.9 * columns, 1.45 * steps + 0.9), layout='constrained')
+    grid = figure.subplots(steps, columns, sharex=True, squeeze=False)
+    first = 0
+    for node in range(steps):
+        for source in range(columns):
+            ax = grid[node, source]
+            if source > node + 1 and source < columns - 1:
+                ax.axis('off')
+                continue
+            if warmup_epochs:
+                ax.axvspan(min(epochs) - 0.5, warmup_epochs - 0.5, color='0.92', zorder=0)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            if source == columns - 1:
+                for k in range(node + 2):
+                    ax.plot(epochs, edges[:, first + k], color=COLOURS[k % len(COLOURS)], lw=1.2,
+                            label=state_names[k].replace('node ', ''))
+                ax.set_title(f'edge weights into node {node}', fontsize=7.5)
+                continue
+            for p, name in enumerate(primitives):
+                ax.plot(epochs, ops[:, first + source, p], color=op_colour(name), lw=1.1,
+                        ls='--' if name == 'none' else '-', label=name)
+            ax.set_ylim(*op_range)
+            caption = f'{state_names[source]} → node {node}'
+            if (node, source) in kept:
+                caption += f'\nkept: {kept[(node, source)]}'
+                for spine in ax.spines.values():
+                    spine.set_linewidth(2)
+            ax.set_title(caption, fontsize=7.5, weight='bold' if (node, source) in kept else 'normal')
+        first += node + 2
+    for ax in grid[-1]:
+        ax.set_xlabel('epoch', fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, labels = grid[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc='outside lower center', ncol=len(primitives), fontsize=8, frameon=False)
+    handles, labels = grid[-1, -1].get_legend_handles_labels()  # the last node has an edge from every state
+    figure.legend(handles, labels, loc='outside right center', fontsize=8, title='edge from', title_fontsize=8)
+    figure.suptitle(title or f'{cell} cell: weight of each operation on each edge (sigmoid of alpha) and of each '
+                             f'edge into a node (softmax of beta); warm-up shaded', fontsize=10)
+    save_figure(figure, path)
+
+
+def plot_accuracy_versus_cost(points, cost, path, accuracy_label):
+    """Accuracy against parameters or multiply-adds (log scale), one panel per dataset and noise level.
+
+    points: dicts with 'model', 'panel' (its title), the cost `cost` ('params' or 'macs'), 'accuracy', 'std' (over
+    seeds; None for one run) and 'runs'. Each model keeps its marker in every panel; the Pareto front (the models
+    that no other is both smaller than and at least as accurate as) is the dashed line."""
+    panels = sorted({p['panel'] for p in points})
+    models = sorted({p['model'] for p in points})
+    figure = Figure(figsize=(1.2 + 3.8 * len(panels), 3.8), layout='constrained')
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        here = sorted((p for p in points if p['panel'] == panel), key=lambda p: (p[cost], -p['accuracy']))
+        for p in here:
+            m = models.index(p['model'])
+            ax.errorbar(p[cost], p['accuracy'], yerr=p['std'] or 0, fmt=MARKERS[m % len(MARKERS)], ms=7,
+                        color=COLOURS[m % len(COLOURS)], capsize=3, label=p['model'])
+        front, best = [], -np.inf
+        for p in here:
+            if p['accuracy'] > best:
+                front.append(p)
+                best = p['accuracy']
+        if len(front) > 1:
+            ax.plot([p[cost] for p in front], [p['accuracy'] for p in front], ls='--', color='0.4', lw=1, zorder=0,
+                    label='Pareto front')
+        ax.set_xscale('log')
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(EngFormatter(sep=''))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.25, y=0.15)
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel('parameters' if cost == 'params' else 'multiply-adds (MACs) per image')
+        ax.grid(alpha=0.3, which='both')
+    axes[0].set_ylabel(accuracy_label)
+    handles, labels = {}, []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    figure.legend(list(handles.values()), list(handles), loc='outside right upper', fontsize=8,
+                  title='mean ± std over seeds', title_fontsize=8)
+    save_figure(figure, path)

@@ -150,7 +150,7 @@ def test_flags_and_help_answer_before_torch_is_imported(tmp_path):
     (tmp_path / 'torch').mkdir()
     (tmp_path / 'torch' / '__init__.py').write_text("raise ImportError('torch was imported')")
     no_torch = {'PYTHONPATH': f'{tmp_path}{os.pathsep}{ROOT}'}
-    for script in ('train.py', 'train_search.py', 'benchmark.py'):
+    for script in ('train.py', 'train_search.py', 'benchmark.py', 'predict.py', 'report.py'):
         result = run(script, ['--help'], tmp_path, env=no_torch)
         assert result.stdout.startswith('usage:') and '(issue' not in result.stdout
     for script, flags, message in [
@@ -170,6 +170,8 @@ def test_flags_and_help_answer_before_torch_is_imported(tmp_path):
         ('train.py', ['--model', 'rlr_cnet', '--mixup_alpha', '0.2'], "do not combine with rlr_cnet's two-branch"),
         ('train.py', ['--model', 'cores_se', '--layers', '5'], '--layers: applies to --model gla_fernet'),
         ('benchmark.py', ['--model', 'resnet'], "argument --model: invalid choice: 'resnet'"),
+        ('predict.py', ['eval-X'], 'give images to classify, or --export PATH, or both'),
+        ('predict.py', ['eval-X', '--export', 'net.zip'], 'must end in .pt2 (torch.export) or .onnx'),
     ]:
         result = run(script, flags, tmp_path, check=False, env=no_torch)
         assert result.returncode == 2 and message in result.stderr, (flags, result.stderr)

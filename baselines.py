@@ -16,6 +16,7 @@ import torchvision
 import model
 from cli import UserError
 from model_search_softmax_sigmoid import channel_shuffle
+from operations import StridedPointwise
 
 
 def gla_fernet(num_classes, genotype, init_channels=36, layers=8, auxiliary=False, image_size=48):
@@ -70,7 +71,7 @@ class FGWBlock(nn.Module):
     def __init__(self, c_in, c_out, all_conv=False):
         super().__init__()
         conv = (lambda i, o: nn.Conv2d(i, o, 3, padding=1)) if all_conv else separable_conv
-        self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=2, bias=False), nn.BatchNorm2d(c_out))
+        self.shortcut = nn.Sequential(StridedPointwise(c_in, c_out, 2), nn.BatchNorm2d(c_out))
         self.main = nn.Sequential(conv(c_in, c_out), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
                                   conv(c_out, c_out), nn.BatchNorm2d(c_out),
                                   nn.MaxPool2d(3, stride=2, padding=1), cbam(c_out))

@@ -280,8 +280,10 @@ class Network(nn.Module):
     def architecture_weights(self):
         """The weights the supernet mixes with, per cell type, in DARTS' edge order, as lists: 'ops' (edges x
         candidate ops: the method's sigmoid or softmax of alpha) and 'edges' (softmax of beta over each node's
-        incoming edges; 1 where the method has none), with the candidate op names. What reports plot epoch by epoch."""
-        weights = {'primitives': list(self.primitives)}
+        incoming edges; 1 where the method has none), with the candidate op names and how the weights are made
+        ('op_weights': sigmoid or softmax, 'edge_weights': whether there are any). What reports plot epoch by epoch."""
+        weights = {'primitives': list(self.primitives), 'op_weights': self.op_weight_function,
+                   'edge_weights': self.has_edge_weights}
         for cell in ('normal', 'reduce'):
             op_weights, edge_weights = self.mixing_weights(cell)
             weights[cell] = {'ops': op_weights.tolist(), 'edges': edge_weights.tolist()}

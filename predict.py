@@ -13,7 +13,9 @@ parser.add_argument('run', help='an eval run folder of train.py (its best.pt and
                                 'checkpoint.pt, best.pt or weights.pt')
 parser.add_argument('inputs', nargs='*', help='images, folders (searched recursively) or quoted glob patterns')
 parser.add_argument('--weights', choices=['best', 'last'], default='best',
-                    help='for a run folder: best.pt (the epoch of best test accuracy) or weights.pt (the last epoch)')
+                    help="for a run folder: best.pt (the selected epoch: best validation accuracy, or best test "
+                         "accuracy in a run without a validation set; metrics.json's best_pt says which) or weights.pt "
+                         "(the last epoch)")
 parser.add_argument('--topk', type=cli.positive_int, default=3, help='how many of the likeliest classes to give')
 parser.add_argument('--out', default=None, help='write the predictions to this .csv or .json file (default: print them)')
 parser.add_argument('--batch_size', type=cli.positive_int, default=None,

@@ -341,7 +341,9 @@ def main(args, log):
                               train_balanced_acc=train_metrics['balanced_accuracy'], test_acc=last['accuracy'],
                               test_balanced_acc=last['balanced_accuracy'], test_precision=last['precision'],
                               test_recall=last['recall'], test_f1=last['f1'],
-                              **({f'valid_{key}': valid[key] for key in SUMMARY} if valid is not None else {}))
+                              **({'val_loss': valid['loss'], 'val_acc': valid['accuracy'],
+                                  'val_balanced_acc': valid['balanced_accuracy'], 'val_f1': valid['f1']}
+                                 if valid is not None else {}))
             if best[selection]['epoch'] == epoch:
                 utils.save_checkpoint(model.state_dict(), run.path('best.pt'))
             if swa is not None:

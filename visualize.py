@@ -197,8 +197,9 @@ def plot_architecture_weights(history, cell, path, title='', warmup_epochs=0, ge
 
     history: the records of train_search.py's architecture_weights.json ({'epoch', 'primitives', 'normal':
     {'ops': edges x ops, 'edges': edges}, 'reduce': ...}). Row i is intermediate node i: one panel per incoming edge
-    with the weight of each candidate operation (sigmoid of alpha), then one panel with the weights of its edges
-    (softmax of beta over the node's inputs). Edges the genotype kept are framed and name their operation."""
+    with the weight of each candidate operation (sigmoid or softmax of alpha, as the search's method), then one panel
+    with the weights of its edges (softmax of beta over the node's inputs; 1 for a method without edge weights).
+    Edges the genotype kept are framed and name their operation."""
     epochs = [record['epoch'] for record in history]
     primitives = history[0]['primitives']
     ops = np.array([record[cell]['ops'] for record in history])  # epochs x edges x primitives
@@ -251,8 +252,11 @@ def plot_architecture_weights(history, cell, path, title='', warmup_epochs=0, ge
     figure.legend(handles, labels, loc='outside lower center', ncol=len(primitives), fontsize=8, frameon=False)
     handles, labels = grid[-1, -1].get_legend_handles_labels()  # the last node has an edge from every state
     figure.legend(handles, labels, loc='outside right center', fontsize=8, title='edge from', title_fontsize=8)
-    figure.suptitle(title or f'{cell} cell: weight of each operation on each edge (sigmoid of alpha) and of each '
-                             f'edge into a node (softmax of beta); warm-up shaded', fontsize=10)
+    # Records of searches from before the DARTS-family methods were GLA-FERNet's: sigmoid, edge weights.
+    op_weights, has_edge_weights = history[0].get('op_weights', 'sigmoid'), history[0].get('edge_weights', True)
+    edges_made = 'softmax of beta' if has_edge_weights else '1: this method sums the edges'
+    figure.suptitle(title or f'{cell} cell: weight of each operation on each edge ({op_weights} of alpha) and of each '
+                             f'edge into a node ({edges_made}); warm-up shaded', fontsize=10)
     save_figure(figure, path)
 
 

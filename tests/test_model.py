@@ -475,7 +475,9 @@ def test_factorized_reduce_equals_strided_convolutions(size):
     op = FactorizedReduce(4, 6)
     x = torch.randn(2, 4, size, size)
     y = F.relu(x)
-    expected = op.bn(torch.cat([op.conv_1(y), op.conv_2(y[:, :, 1:, 1:])], dim=1))
+    # DARTS' definition: two 1x1 convolutions of stride 2, the second of the input shifted by one pixel
+    expected = op.bn(torch.cat([F.conv2d(y, op.conv_1.weight, stride=2),
+                                F.conv2d(y[:, :, 1:, 1:], op.conv_2.weight, stride=2)], dim=1))
     torch.testing.assert_close(op(x), expected)
 
 

@@ -1,22 +1,20 @@
 """The networks train.py trains, built by one factory (timm's convention): create_model(name, num_classes, **options).
 
 `gla_fernet` is the discrete DARTS-family network of a genotype (model.py, paper Sec. 3.4). The others are the
-hand-designed FER networks GLA-FERNet is compared with, as BASELINES.md specifies them: FGW-FER (Dinh et al. 2023,
+hand-designed FER networks GLA-FERNet is compared with, as docs/baselines.md describes them: FGW-FER (Dinh et al. 2023,
 Sec. 3), ShuffleNetV2-1.0x (torchvision), RLR-CNet (Mou et al. 2023, Sec. 3.2-3.4) and CoRes-SE (Pourasghari Haghi
 2025, its notebook). They hold no I/O: load_pretrained is the one function that reads weight files.
 """
-import inspect
 import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 import model
-from cli import UserError
-from model_search_softmax_sigmoid import channel_shuffle
-from operations import StridedPointwise
+import recipes
+from errors import UserError
+from operations import StridedPointwise, channel_shuffle
 
 
 def gla_fernet(num_classes, genotype, init_channels=36, layers=8, auxiliary=False, image_size=48):
@@ -25,7 +23,7 @@ def gla_fernet(num_classes, genotype, init_channels=36, layers=8, auxiliary=Fals
 
 
 # ==========================================================================================================
-# FGW-FER (BASELINES.md 4.2-4.3): mini-Xception layout with CBAM; 64,176 parameters for 7 classes
+# FGW-FER (docs/baselines.md "FGW-FER"): mini-Xception layout with CBAM; 64,176 parameters for 7 classes
 
 CBAM_REDUCTION = 8  # not stated in the paper; r = 8 with biases is what reproduces its 64,176 parameters
 FGW_WIDTHS = (16, 32, 64, 128)
@@ -112,11 +110,12 @@ def fgw_fer(num_classes, all_conv=False, dropout=0.5):
 # ShuffleNetV2-1.0x (torchvision), RLR-CNet's baseline: 1,260,779 parameters, 1,244,592 conv+FC weights
 
 def shufflenet_v2(num_classes):
+    import torchvision  # here, not at the top: importing it takes a second (it loads torch._dynamo)
     return torchvision.models.shufflenet_v2_x1_0(num_classes=num_classes)
 
 
 # ==========================================================================================================
-# RLR-CNet (BASELINES.md 3.2-3.4): Clip_K5 ShuffleNetV2 with beta-Mish, Shuffle Attention and two BBN branches
+# RLR-CNet (docs/baselines.md "RLR-CNet"): Clip_K5 ShuffleNetV2 with beta-Mish, Shuffle Attention and two BBN branches
 
 BETA_MISH_ALPHA, BETA_MISH_BETA = 7.0, 35.0  # RLR-CNet Eq. 5
 SHUFFLE_ATTENTION_GROUPS = 2  # G must divide 116 / 2; SA-Net's usual 8 or 64 do not
@@ -197,7 +196,7 @@ def shufflenet_stage(c_in, c_out, blocks):
 class RLRCNet(nn.Module):
     """RLR-CNet: a shared trunk, two branches and one linear layer over both branches' pooled features.
 
-    split='bbn' (the reading of BASELINES.md 3.4, 1,027,457 parameters): the branches are two copies of Stage 4's
+    split='bbn' (our reading, docs/baselines.md "RLR-CNet"; 1,027,457 parameters): the branches are two copies of Stage 4's
     last block, followed by one shared conv5. split='literal' (the paper's text, 1,746,849): each branch is a copy
     of all of Stage 4 and conv5. Training: forward(x, x_reversed, alpha) gives W [alpha f1(x); (1 - alpha)
     f2(x_reversed)] + b; inference: forward(x) computes the trunk once and gives W1 f1(x) + W2 f2(x) + b (BBN's
@@ -247,7 +246,7 @@ def cumulative_alpha(epoch, epochs):
 
 
 # ==========================================================================================================
-# CoRes-SE (BASELINES.md 5.2): ImageNet ResNet-50 and ConvNeXt-Tiny features, an SE gate, an MLP head
+# CoRes-SE (docs/baselines.md "CoRes-SE"): ImageNet ResNet-50 and ConvNeXt-Tiny features, an SE gate, an MLP head
 
 CORES_SE_REDUCTION, CORES_SE_HIDDEN = 16, 512
 
@@ -261,6 +260,7 @@ class CoResSE(nn.Module):
 
     def __init__(self, num_classes, gate='sample', dropout=0.5):
         super().__init__()
+        import torchvision  # see shufflenet_v2
         self.resnet = torchvision.models.resnet50()
         self.resnet.fc = nn.Identity()
         self.convnext = torchvision.models.convnext_tiny()
@@ -285,37 +285,26 @@ def cores_se(num_classes, gate='sample', dropout=0.5):
 # ==========================================================================================================
 # The factory
 
-MODELS = {'gla_fernet': gla_fernet, 'fgw_fer': fgw_fer, 'shufflenet_v2': shufflenet_v2, 'rlr_cnet': rlr_cnet,
-          'cores_se': cores_se}
-
-
 def create_model(name, num_classes, **options):
-    """The network `name` for `num_classes` classes; options are its constructor's keyword arguments."""
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    return MODELS[name](num_classes, **options)
+    """The network `name` of recipes.MODELS for `num_classes` classes; options are its constructor's keyword
+    arguments. The constructor is this module's function of the model's name."""
+    if name not in recipes.MODELS:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(recipes.MODELS)}")
+    return globals()[name](num_classes, **options)
 
 
 def uses_genotype(name):
     """Whether model `name` is built from a genotype (a searched cell), so that its genotype tells runs apart."""
-    return name in MODELS and 'genotype' in inspect.signature(MODELS[name]).parameters
+    return name in recipes.MODELS and recipes.MODELS[name].genotype
 
 
 def model_options(args, genotype=None):
     """create_model's options for a train.py run, from its arguments (args.json): how predict.py and benchmark.py
-    rebuild the exact network a run trained. Flags added since a run started take their defaults."""
-    if args.model == 'gla_fernet':
-        return dict(genotype=genotype, init_channels=args.init_channels, layers=args.layers,
-                    auxiliary=args.auxiliary, image_size=args.image_size)
-    if args.model == 'fgw_fer':
-        return dict(all_conv=getattr(args, 'fgw_all_conv', False), dropout=getattr(args, 'dropout', 0.5))
-    if args.model == 'shufflenet_v2':
-        return {}
-    if args.model == 'rlr_cnet':
-        return dict(split=getattr(args, 'rlr_split', 'bbn'), mish=getattr(args, 'rlr_mish', 'blocks'))
-    if args.model == 'cores_se':
-        return dict(gate=getattr(args, 'se_gate', 'sample'), dropout=getattr(args, 'dropout', 0.5))
-    raise UserError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
+    rebuild the exact network a run trained (cli.resumed_args gives flags added since a run started their defaults)."""
+    if args.model not in recipes.MODELS:
+        raise UserError(f"unknown model {args.model!r}; choose one of {', '.join(recipes.MODELS)}")
+    options = {option: getattr(args, flag) for option, flag in recipes.MODELS[args.model].options.items()}
+    return {**options, 'genotype': genotype} if uses_genotype(args.model) else options
 
 
 # ==========================================================================================================
@@ -323,25 +312,30 @@ def model_options(args, genotype=None):
 
 # The torchvision weights each model's backbones start from: (attribute of the model or '' for the model itself,
 # weights); a folder given to --pretrained holds their files under torchvision's names.
-PRETRAINED = {
-    'cores_se': [('resnet', torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
-                 ('convnext', torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1)],
-    'shufflenet_v2': [('', torchvision.models.ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1)],
-}
+def pretrained_weights(name):
+    """[(attribute of the model or '' for the model itself, torchvision weights)] of model `name` (recipes.MODELS)."""
+    import torchvision  # see shufflenet_v2
+    result = []
+    for attribute, weights in recipes.MODELS[name].pretrained:
+        enum, member = weights.split('.')
+        result.append((attribute, getattr(getattr(torchvision.models, enum), member)))
+    return result
+
 IMAGENET_HEADS = ('fc.', 'classifier.')  # ImageNet classifiers, which the FER networks replace
 
 
 def pretrained_file_names(name):
-    return [os.path.basename(weights.url) for _, weights in PRETRAINED.get(name, [])]
+    return [os.path.basename(weights.url) for _, weights in pretrained_weights(name)]
 
 
 def load_pretrained(network, name, source, log=print):
     """Load the ImageNet weights of `network`'s backbones (model `name`): source 'imagenet' downloads them with
     torchvision's weights API; otherwise it is a folder holding torchvision's weight files (pretrained_file_names).
     The ImageNet classifiers are dropped; every other backbone weight must be present."""
-    if name not in PRETRAINED:
-        raise UserError(f'--pretrained: {name} has no ImageNet backbone (only {", ".join(PRETRAINED)} have)')
-    for attribute, weights in PRETRAINED[name]:
+    if not recipes.MODELS[name].pretrained:
+        having = [n for n, m in recipes.MODELS.items() if m.pretrained]
+        raise UserError(f'--pretrained: {name} has no ImageNet backbone (only {", ".join(having)} have)')
+    for attribute, weights in pretrained_weights(name):
         file_name = os.path.basename(weights.url)
         if source == 'imagenet':
             try:
@@ -356,7 +350,7 @@ def load_pretrained(network, name, source, log=print):
             if not os.path.isfile(path):
                 raise UserError(f'--pretrained {source}: {path} does not exist; the folder must hold torchvision\'s '
                                 f'ImageNet weight files {", ".join(pretrained_file_names(name))} (from '
-                                f'{", ".join(w.url for _, w in PRETRAINED[name])})')
+                                f'{", ".join(w.url for _, w in pretrained_weights(name))})')
             try:
                 state = torch.load(path, map_location='cpu', weights_only=True)
             except Exception as e:  # noqa: BLE001 -- whatever is in the file, it is not these weights

@@ -12,7 +12,7 @@ parser.add_argument('--batch_size', type=cli.positive_int, default=64, help='bat
 parser.add_argument('--init_channels', type=cli.positive_int, default=16, help='supernet init channels')
 parser.add_argument('--layers', type=cli.positive_int, default=8, help='layers of both networks')
 parser.add_argument('--eval_channels', type=cli.positive_int, default=36, help='discrete network (GLA_FERNet) init channels')
-parser.add_argument('--model', choices=recipes.MODELS, default='gla_fernet',
+parser.add_argument('--model', choices=list(recipes.MODELS), default='gla_fernet',
                     help="the trained network to measure (gla_fernet: GLA_FERNet's genotype, --eval_channels and "
                          "--layers; the baselines as train.py builds them by default)")
 parser.add_argument('--skip_search', action='store_true', help='measure the network alone: no search step, no data pipeline')
@@ -30,9 +30,7 @@ parser.add_argument('--channels_last', action=argparse.BooleanOptionalAction, de
                     help='channels-last discrete network (train.py default)')
 parser.add_argument('--search_channels_last', action='store_true', help='channels-last supernet (train_search.py: off)')
 parser.add_argument('--skip_unrolled', action='store_true', help='do not time the second-order search step')
-parser.add_argument('--json', default=None, help='also write the figures to this JSON file')
-
-
+parser.add_argument('--json', default=None, help='also write the results to this JSON file')
 
 def parse_args(argv=None):
     """The flags, with the method's k unless --k is given."""
@@ -41,13 +39,6 @@ def parse_args(argv=None):
     if args.sampling == 'random' and args.k == 1:
         parser.error(f'argument --sampling: random sampling needs --k above 1 (--method {args.method} has k=1)')
     return args
-
-
-def supernet_settings(args):
-    """The Network arguments of the method's supernet, with args.k."""
-    settings = {**genotypes.METHODS[args.method]['supernet'], 'k': args.k}
-    del settings['layers']  # the measured configuration is this script's --layers
-    return settings
 
 
 if __name__ == '__main__':
@@ -63,6 +54,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 import data_loader  # noqa: E402
+import run_folder  # noqa: E402
 import utils  # noqa: E402
 from architect import Architect  # noqa: E402
 from baselines import create_model  # noqa: E402
@@ -75,7 +67,7 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def measure(fn, device, steps, repeats, warmup=3):
+def time_calls(fn, device, steps, repeats, warmup=3):
     """Seconds per call of fn: median, min and max over repeats of `steps` calls, after warm-up."""
     for _ in range(warmup):
         fn()
@@ -96,12 +88,12 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # Linux reports KiB
 
 
-def measure_search(args, x, y, device, amp_dtype, use_scaler, search_format, results, record, log):
+def time_search(args, x, y, device, amp_dtype, use_scaler, search_format, results, record, log):
     """The search step (first order, and --unrolled unless skipped) and its per-call overhead."""
     batch = args.batch_size
     # One architecture step on a held-out batch, then one weight step (train_search.search_step).
-    supernet = SUPERNETS[args.sampling](args.init_channels, 7, args.layers, image_size=args.image_size,
-                                        **supernet_settings(args))
+    settings = genotypes.supernet_settings({**genotypes.METHODS[args.method]['supernet'], 'k': args.k})
+    supernet = SUPERNETS[args.sampling](args.init_channels, 7, args.layers, image_size=args.image_size, **settings)
     supernet = supernet.to(device, memory_format=search_format)
     results['supernet_params'] = utils.count_parameters(supernet, supernet.arch_parameters())
     optimizer = torch.optim.SGD(supernet.weight_parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
@@ -113,7 +105,7 @@ def measure_search(args, x, y, device, amp_dtype, use_scaler, search_format, res
         def step():
             search_step(forward_supernet, architect, update, (x, y), (x, y), unrolled)
         record('search_step_unrolled_img_s' if unrolled else 'search_step_img_s',
-               measure(step, device, args.steps if not unrolled else max(args.steps // 2, 1), args.repeats), batch)
+               time_calls(step, device, args.steps if not unrolled else max(args.steps // 2, 1), args.repeats), batch)
 
     # The same step on 2 images of 16x16, eager: the arithmetic is negligible, so this is the per-call overhead
     # (Python, dispatch, kernel launches) that bounds a step of many small kernels, as the supernet's are on a GPU.
@@ -122,14 +114,15 @@ def measure_search(args, x, y, device, amp_dtype, use_scaler, search_format, res
 
     def overhead_step():
         search_step(supernet, eager_architect, update, (tiny_x, tiny_y), (tiny_x, tiny_y), False)
-    record('search_step_overhead_ms', measure(overhead_step, device, args.steps, args.repeats), 1, unit='ms')
+    record('search_step_overhead_ms', time_calls(overhead_step, device, args.steps, args.repeats), 1, unit='ms')
 
 
-def measure_data(args, batch, device, results, rows):
+def time_data(args, batch, device, results, rows):
     """The real pipeline: a generated synthetic RAF-DB folder, decoded, augmented on the device."""
     with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(None):
         from synthetic import make_synthetic
-        make_synthetic(f'{root}/synthetic', n_train=1500, n_test=21, seed=0, log=lambda *a: None)
+        # 20 batches a pass: enough for a steady rate, and a small --batch_size generates a small set
+        make_synthetic(f'{root}/synthetic', n_train=20 * batch, n_test=21, seed=0, log=lambda *a: None)
         train_set = data_loader.load_dataset('rafdb', f'{root}/synthetic', cache_dir=root, log=lambda *a: None).train
         loader = data_loader.DeviceLoader(train_set.images, train_set.labels, batch, device, args.image_size,
                                           augment=True, shuffle=True, drop_last=True)
@@ -161,7 +154,7 @@ def main(args, log):
             rows.append((key, f'{1e3 * median:10.2f} ms', '', f'[{1e3 * low:.2f}, {1e3 * high:.2f}]'))
 
     if not args.skip_search:
-        measure_search(args, x, y, device, amp_dtype, use_scaler, search_format, results, record, log)
+        time_search(args, x, y, device, amp_dtype, use_scaler, search_format, results, record, log)
     # The trained network: training step, evaluation, batch-1 latency.
     if args.model == 'gla_fernet':
         net = create_model('gla_fernet', 7, genotype=genotypes.GLA_FERNet, init_channels=args.eval_channels,
@@ -182,22 +175,22 @@ def main(args, log):
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     update = utils.WeightUpdate(list(net.parameters()), optimizer, scaler, 5.0, amp_dtype)
     # A two-branch network (RLR-CNet) learns from two batches per step: the images counted are the first batch's.
-    inputs, loss_fn = training_batch(x, y, 0.0, second=(x, y) if args.model in recipes.TWO_BRANCH_MODELS else None,
+    inputs, loss_fn = training_batch(x, y, 0.0, second=(x, y) if recipes.MODELS[args.model].two_branch else None,
                                      alpha=0.5)
     forward_net.train()
-    record('train_step_img_s', measure(lambda: train_step(forward_net, update, inputs, loss_fn, 0.4), device,
+    record('train_step_img_s', time_calls(lambda: train_step(forward_net, update, inputs, loss_fn, 0.4), device,
                                        args.steps, args.repeats), batch)
     forward_net.eval()
     eval_batch = torch.randn(4 * batch, 3, args.image_size, args.image_size, device=device).contiguous(
         memory_format=memory_format)
     with torch.no_grad(), utils.autocast(device, amp_dtype):
-        record('eval_img_s', measure(lambda: forward_net(eval_batch), device, args.steps, args.repeats), 4 * batch)
+        record('eval_img_s', time_calls(lambda: forward_net(eval_batch), device, args.steps, args.repeats), 4 * batch)
         single = x[:1].contiguous(memory_format=memory_format)
-        record('latency_bs1_ms', measure(lambda: net(single), device, args.steps * 2, args.repeats), 1, unit='ms')
+        record('latency_bs1_ms', time_calls(lambda: net(single), device, args.steps * 2, args.repeats), 1, unit='ms')
     results['peak_mem_mb'] = peak_memory_mb(device)
 
     if not args.skip_search:
-        measure_data(args, batch, device, results, rows)
+        time_data(args, batch, device, results, rows)
     config = {key: getattr(args, key) for key in ('model', 'batch_size', 'init_channels', 'layers', 'eval_channels',
                                                   'image_size', 'method', 'sampling', 'k', 'amp', 'compile', 'channels_last',
                                                   'search_channels_last', 'skip_search', 'steps', 'repeats')}
@@ -214,7 +207,7 @@ def main(args, log):
           f'{args.model} {results["eval_params"]:,} parameters ({results["eval_weights"]:,} convolution and linear '
           f'weights), {results["eval_flops"] / 1e6:.1f} MFLOPs = {results["eval_macs"] / 1e6:.1f} M multiply-adds')
     if args.json:
-        utils.write_json(args.json, results)
+        run_folder.write_json(args.json, results)
 
 
 if __name__ == '__main__':

@@ -9,9 +9,7 @@ import re
 import shlex
 import sys
 
-
-class UserError(ValueError):
-    """A problem the user can fix (bad path, malformed file, bad flag); scripts print it without a traceback."""
+from errors import UserError
 
 
 DATASETS = ('synthetic', 'rafdb', 'affectnet', 'fer2013', 'ckplus', 'folder')
@@ -27,7 +25,7 @@ DATASET_FLAGS = {'noise': ('rafdb', 'synthetic'), 'noise_file': ('rafdb', 'synth
                  'fold_seed': ('ckplus', 'folder'), 'class_names': ('folder',), 'subject_regex': ('folder',)}
 
 # Flags about where and how a run goes, not what it computes: --resume takes new values for these.
-RUN_FLAGS = ('resume', 'data', 'device', 'gpu', 'workers', 'report_freq')
+RUN_FLAGS = ('resume', 'data', 'device', 'gpu', 'threads', 'workers', 'report_freq')
 
 
 def positive_int(text):
@@ -131,7 +129,7 @@ def add_optimizer_arguments(parser):
     group.add_argument('--batch_size', type=positive_int, default=64, help='batch size (per process under torchrun)')
     group.add_argument('--learning_rate', type=positive_float, default=0.1, help='init learning rate')
     group.add_argument('--learning_rate_min', type=non_negative_float, default=0.0, help='min learning rate of the cosine schedule')
-    group.add_argument('--momentum', type=non_negative_float, default=0.9, help='momentum')
+    group.add_argument('--momentum', type=portion, default=0.9, help='SGD momentum, in [0, 1)')
     group.add_argument('--weight_decay', type=non_negative_float, default=3e-4, help='weight decay')
     group.add_argument('--grad_clip', type=non_negative_float, default=5, help='gradient clipping (max norm); 0: none')
     group.add_argument('--report_freq', type=positive_int, default=50,
@@ -146,6 +144,9 @@ def add_runtime_arguments(parser, channels_last):
     group = parser.add_argument_group('runtime')
     group.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='where to run')
     group.add_argument('--gpu', type=non_negative_int, default=None, help='CUDA device id for single-process runs (default: current)')
+    group.add_argument('--threads', type=positive_int, default=None,
+                       help="CPU threads of torch (default: torch's, one per core); on a shared machine give the free "
+                            "cores, or 1: more threads than free cores can make each step many times slower")
     group.add_argument('--deterministic', action='store_true', help='repeatable CUDA runs (slower: no cuDNN autotuning)')
     group.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
     group.add_argument('--compile', action='store_true', help='torch.compile the network (falls back to eager)')

@@ -1,15 +1,12 @@
-"""Data pipeline (paper Sec. 4.1; SPEC.md "Data"): images decoded once and cached, datasets and their splits (official
-ones, or subject-independent folds), augmentation on the training device, the loader that batches them, and dynamic
-images of micro-expression clips (EmoNAS Sec. 3). The label formats are in formats.py."""
-import argparse
+"""Data pipeline (paper Sec. 4.1): images decoded once and cached, datasets and their splits (official ones, or
+subject-independent folds), and the loader that batches, resizes and normalises them on the training device.
+The label formats are in formats.py, the training augmentation in augment.py, the dataset commands in
+dataset_tools.py (run as python data_loader.py make-synthetic | make-noise | make-dynamic-images)."""
 import contextlib
 import hashlib
 import math
 import multiprocessing
 import os
-import re
-import shutil
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,23 +16,25 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 import cli
 import formats
-from cli import UserError
+import run_folder
+import utils
+from augment import RELEASED_AUGMENTATION, sampling_weights, source_augment
+from errors import UserError
 
 SOURCE_SIZE = 100  # RAF-DB's aligned images are 100x100
 SOURCE_SIZES = {'fer2013': formats.FER2013_SIZE}  # FER2013's 48x48 rows are cached as they are, never upscaled
 GRAYSCALE_DATASETS = ('fer2013', 'ckplus')  # decoded to gray, replicated to 3 channels (a colour CK+ frame too)
-IMAGE_SIZE = 48  # network input (SPEC "Preprocessing")
+IMAGE_SIZE = 48  # network input, the paper's 48x48
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENT_P = 0.5  # released loader: with p=0.5 apply one of {flip, Gaussian noise}
-NOISE_STD = math.sqrt(30.0)  # released add_gaussian_noise: variance 30 on the 0..255 scale
-ERASE_P, ERASE_SCALE, ERASE_RATIO, ERASE_ATTEMPTS = 0.5, (0.02, 0.25), (0.3, 3.3), 10  # torchvision RandomErasing
-CACHE_VERSION = 1  # bump when the cached tensor's meaning changes
+CACHE_VERSION = 2  # bump when the cached tensor's meaning changes (2: EXIF-turned, 16-bit scaled)
 GPU_RESIDENT_FRACTION = 0.25  # keep the uint8 set on the GPU only if it takes less than this share of free memory
+REPORT_SECONDS = utils.Progress.REPORT_SECONDS  # a long decode says how far it is at least this often, as training does
+SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I')  # how pillow opens a 16-bit gray PNG or TIFF
 
 
 @dataclass
@@ -58,12 +57,16 @@ class Splits:
 
 def decode_image(path, size=None, grayscale=False):
     """Decode any image file to a size x size x 3 uint8 array (RGB, bilinear with antialias; size None keeps the
-    file's size); grayscale converts to gray first and replicates it to the 3 channels."""
+    file's size), as an image viewer shows it: turned by its EXIF orientation, and 16-bit gray scaled to 8 bits.
+    grayscale converts to gray first and replicates it to the 3 channels."""
     # Truncated JPEGs must fail, not decode half-grey; another library may have flipped this global.
     truncated_ok, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
         with Image.open(path) as image:
             image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # cameras store a portrait photo sideways, plus a tag
+            if image.mode in SIXTEEN_BIT_MODES:
+                image = _eight_bit(image)
             image = image.convert('L').convert('RGB') if grayscale else image.convert('RGB')
             if size is not None and image.size != (size, size):
                 # Pillow's bilinear filter widens its support when shrinking, i.e. it antialiases.
@@ -78,6 +81,13 @@ def decode_image(path, size=None, grayscale=False):
         raise UserError(f"image {path} is corrupt or truncated ({e}); replace it with a readable image.") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
+
+
+def _eight_bit(image):
+    """A 16-bit gray image as 8-bit gray, 0..65535 scaled to 0..255 (an 8-bit image saved as 16 bits, i.e. times 257,
+    comes back exactly); pillow's convert('L') would clip every value above 255 to white instead."""
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.rint(values / 257).clip(0, 255).astype(np.uint8))
 
 
 def _decode_job(job):
@@ -132,30 +142,37 @@ def _read_cache(cache_file, key, log, shape=None):
 
 
 def _write_cache(cache_file, content, log):
+    """Save the decoded images for the next run; a cache that cannot be written only costs that run the decoding."""
     if cache_file is None:
         return
-    tmp = cache_file.with_name(cache_file.name + f'.tmp{os.getpid()}')
     try:
-        torch.save(content, tmp)
-        os.replace(tmp, cache_file)  # atomic: a crash never leaves a half-written cache
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        log(f"could not write cache {cache_file} ({e}); continuing without it")
+        run_folder.atomic_write(cache_file, lambda tmp: torch.save(content, tmp),
+                                advice='and the next run caches the images; this run goes on without the cache.')
+    except UserError as e:
+        log(f"warning: {e}")
 
 
-def decode_images(paths, size, workers=0, grayscale=False, window=4096):
+def decode_images(paths, size, workers=0, grayscale=False, window=4096, log=None):
     """Yield (path, size x size x 3 uint8 array or None, None or why it cannot be decoded) for each path, in order,
     decoded by `workers` processes (0: in this one). Paths are decoded a window at a time, the next window while the
-    caller works on this one, so a large folder neither waits for nor holds all its images at once."""
+    caller works on this one, so a large folder neither waits for nor holds all its images at once. With `log`, a
+    long decode says how far it is at least every REPORT_SECONDS."""
     jobs = [(str(p), size, grayscale) for p in paths]
     pool = _decode_pool(workers) if workers > 0 else None
-    decode = (lambda part: pool.imap(_decode_job, part, chunksize=64)) if pool else (lambda part: map(_decode_job, part))
+    decode = ((lambda part: pool.imap(_decode_job, part, chunksize=64)) if pool else
+              (lambda part: map(_decode_job, part)))
+    start = last = time.perf_counter()
     try:
         pending = decode(jobs[:window])
-        for start in range(0, len(jobs), window):
-            current, pending = pending, decode(jobs[start + window:start + 2 * window])
-            for path, (array, error) in zip(paths[start:start + window], current):
+        for first in range(0, len(jobs), window):
+            current, pending = pending, decode(jobs[first + window:first + 2 * window])
+            for i, (path, (array, error)) in enumerate(zip(paths[first:first + window], current), first + 1):
                 yield path, array, error
+                now = time.perf_counter()
+                if log is not None and now - last >= REPORT_SECONDS and i < len(jobs):
+                    last = now
+                    left = (now - start) / i * (len(jobs) - i)
+                    log(f"decoding {i:,} of {len(jobs):,} images, {utils.duration(left)} left")
     finally:
         if pool:
             pool.terminate()
@@ -183,16 +200,15 @@ def load_images(paths, source_size=SOURCE_SIZE, workers=0, cache_dir=None, root=
         return cached['images']
 
     images = torch.empty((len(paths), 3, source_size, source_size), dtype=torch.uint8)
-    start, report_every = time.time(), max(1000, len(paths) // 10)
-    log(f"decoding {len(paths)} images under {root} with {max(workers, 1)} process(es)")
-    with contextlib.closing(decode_images(paths, source_size, workers, grayscale)) as decoded:  # closing stops the workers
+    start = time.perf_counter()
+    log(f"decoding {len(paths):,} images under {root} with {max(workers, 1)} process(es)")
+    decoded = decode_images(paths, source_size, workers, grayscale, log=log)
+    with contextlib.closing(decoded):  # closing stops the workers
         for i, (_, array, error) in enumerate(decoded):
             if error:
                 raise UserError(error)  # a listed image the set cannot do without
             images[i] = torch.from_numpy(array).permute(2, 0, 1)
-            if (i + 1) % report_every == 0 and i + 1 < len(paths):
-                log(f"  decoded {i + 1}/{len(paths)}")
-    log(f"decoded {len(paths)} images in {time.time() - start:.1f}s")
+    log(f"decoded {len(paths):,} images in {time.perf_counter() - start:.1f}s")
     _write_cache(cache_file, {'key': key, 'images': images}, log)
     return images
 
@@ -319,13 +335,19 @@ def load_fer2013(path, ferplus_labels=None, source_size=formats.FER2013_SIZE, ca
     cache_file = directory / f'fer2013-{name_hash}.pt' if directory else None
     cached = _read_cache(cache_file, key, log)
     if cached is None:
-        start = time.time()
+        start = time.perf_counter()
         pixels, labels, usage = formats.read_fer2013(path)
         cached = {'key': key, 'images': torch.from_numpy(pixels).unsqueeze(1), 'labels': torch.from_numpy(labels),
                   'usage': torch.from_numpy(usage)}
-        log(f"read {len(labels)} images from {path} in {time.time() - start:.1f}s")
+        log(f"read {len(labels)} images from {path} in {time.perf_counter() - start:.1f}s")
         _write_cache(cache_file, cached, log)
     images, labels, usage = cached['images'], cached['labels'], cached['usage']
+    rows = torch.bincount(usage, minlength=len(formats.FER2013_USAGE)).tolist()
+    missing = [use for use, n in zip(formats.FER2013_USAGE, rows) if n == 0]
+    if missing:  # an empty part would train, validate or test on nothing and report it as a result
+        raise UserError(f"{path} has no rows with Usage {' or '.join(missing)}; the protocol trains on Training, "
+                        f"validates on PublicTest and tests on PrivateTest rows (Kaggle's fer2013.csv has 28,709, "
+                        f"3,589 and 3,589), so pass a file holding all three.")
     class_names = formats.FER2013_CLASSES
     if ferplus_labels is not None:
         ferplus_path = formats.find_file(ferplus_labels, path.parent, 'FERPlus label file')
@@ -339,6 +361,11 @@ def load_fer2013(path, ferplus_labels=None, source_size=formats.FER2013_SIZE, ca
     splits = Splits(*(ImageSet(images[part], labels[part], list(class_names), str(path))
                       for part in ((usage == formats.FER2013_USAGE.index(use)) & (labels >= 0)
                                    for use in ('Training', 'PrivateTest', 'PublicTest'))))
+    if ferplus_labels is not None:  # FERPlus leaves rows out, perhaps a whole part
+        for use, n, part in zip(formats.FER2013_USAGE, rows, (splits.train, splits.val, splits.test)):
+            if len(part.labels) == 0:
+                raise UserError(f"the FERPlus labels {ferplus_path} keep none of the {n} {use} rows of {path} (none "
+                                f"has a majority expression and an image name); pass the fer2013new.csv of this file.")
     log(f"{path}: {len(splits.train.labels)} Training, {len(splits.val.labels)} PublicTest (validation) and "
         f"{len(splits.test.labels)} PrivateTest (test) images of {len(class_names)} classes")
     return splits
@@ -388,29 +415,7 @@ def stratified_split(labels, train_portion=0.5, seed=0):
     return torch.cat(first).sort().values, torch.cat(second).sort().values
 
 
-# ---------------------------------------------------------------- batch transforms
-
-def _add_noise(x, generator):
-    z = torch.randn(x.shape, generator=generator, device=x.device)
-    return z.mul_(NOISE_STD).add_(x).clamp_(0, 255).to(torch.uint8)  # truncates, like the released astype(uint8)
-
-
-def source_augment(x, generator):
-    """Released augmentation of uint8 images: with p=0.5, a horizontal flip or N(0, 30) noise, chosen uniformly."""
-    u = torch.rand(x.shape[0], 2, generator=generator, device=x.device)
-    chosen = u[:, 0] < AUGMENT_P
-    flip, noise = chosen & (u[:, 1] < 0.5), chosen & (u[:, 1] >= 0.5)
-    if x.device.type == 'cpu':
-        # On the host, indexing costs no device sync, and noise is drawn for a quarter of the batch only.
-        x = x.clone()
-        flip, noise = flip.nonzero().flatten(), noise.nonzero().flatten()
-        x[flip] = x[flip].flip(-1)
-        x[noise] = _add_noise(x[noise], generator)
-        return x
-    # On an accelerator, masks keep the step free of host syncs, and noise for the whole batch is cheap.
-    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    return torch.where(noise.view(-1, 1, 1, 1), _add_noise(x, generator), x)
-
+# ---------------------------------------------------------------- batch transforms (the augmentation: augment.py)
 
 def resize(x, size):
     """uint8 images -> float images holding uint8 values, bilinear with antialias (like the released PIL Resize)."""
@@ -421,40 +426,6 @@ def resize(x, size):
         return F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False).float()
     # CUDA has no uint8 antialiased kernel; rounding the float result gives the CPU path's values.
     return F.interpolate(x.float(), size=(size, size), mode='bilinear', antialias=True, align_corners=False).round_()
-
-
-def random_erasing(x, generator, p=ERASE_P, scale=ERASE_SCALE, ratio=ERASE_RATIO, value=0.0,
-                   attempts=ERASE_ATTEMPTS, log_ratio=True, upper_half=False):
-    """torchvision's RandomErasing (up to 10 box attempts, first that fits wins) for every sample at once.
-
-    The other arguments give RLR-CNet's upper-half masking (its Eqs. 1-4): 100 attempts, aspect ratio uniform in
-    `ratio` (not log-uniform), the box's top edge in the upper half of the image, a fill `value` that may be a
-    tensor of x's shape (random pixels)."""
-    b, _, height, width = x.shape
-    area = height * width
-    uniform = lambda lo, hi: torch.empty(b, attempts, device=x.device).uniform_(lo, hi, generator=generator)
-    target = area * uniform(*scale)
-    aspect = uniform(math.log(ratio[0]), math.log(ratio[1])).exp() if log_ratio else uniform(*ratio)
-    h = (target * aspect).sqrt().round()
-    w = (target / aspect).sqrt().round()
-    fits = (h < height) & (w < width)
-    first = fits.int().argmax(1, keepdim=True)  # index of the first attempt that fits
-    h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
-    u = torch.rand(b, 3, generator=generator, device=x.device)
-    apply = (u[:, 0] < p) & fits.any(1)
-    last_top = height - h
-    if upper_half:
-        last_top = last_top.clamp(max=math.ceil(height / 2) - 1)
-    top = (u[:, 1] * (last_top + 1)).floor()
-    left = (u[:, 2] * (width - w + 1)).floor()
-    rows = torch.arange(height, device=x.device)
-    cols = torch.arange(width, device=x.device)
-    in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
-    in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
-    mask = in_rows[:, :, None] & in_cols[:, None, :] & apply[:, None, None]
-    if isinstance(value, torch.Tensor):
-        return torch.where(mask[:, None], value, x)
-    return x.masked_fill(mask[:, None], value)
 
 
 def normaliser(device):
@@ -468,7 +439,7 @@ def prepare_batch(images, image_size=IMAGE_SIZE, augment=False, generator=None, 
     """uint8 N x 3 x S x S -> normalised float N x 3 x image_size x image_size, augmented if asked.
 
     As in the released loader, flip / noise act on the source image, erasing on the normalised one.
-    augment: False, True (the released augmentation) or an Augmentation.
+    augment: False, True (the released augmentation) or an augment.Augmentation.
     normalise: normaliser(device), made once by the caller so that no per-batch host-to-device copy is needed.
     """
     augment = RELEASED_AUGMENTATION if augment is True else augment
@@ -476,93 +447,6 @@ def prepare_batch(images, image_size=IMAGE_SIZE, augment=False, generator=None, 
     x = source_augment(images, generator) if augment and augment.flip_noise else images
     x = torch.addcmul(shift, resize(x, image_size), scale)
     return augment.erase(x, generator, (scale, shift)) if augment else x
-
-
-# ---------------------------------------------------------------- training options: augmentation, samplers, mixing
-
-MASK_P, MASK_SCALE, MASK_RATIO, MASK_ATTEMPTS = 0.5, (0.04, 0.3), (0.3, 1 / 0.3), 100  # RLR-CNet Table 1, Eqs. 1-4
-MIX_STREAM = 1000  # the mixer's entropy key, apart from the loaders' streams (2 per loader, see DeviceLoader)
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """A training augmentation: the released flip / noise on the source image (flip_noise), then erasing:
-    'released' (torchvision's RandomErasing, as the released code), 'upper' (RLR-CNet's upper-half masking, the
-    box filled with `fill`: uniform random pixels, the mean pixel or black) or 'none'."""
-    flip_noise: bool = True
-    erasing: str = 'released'
-    fill: str = 'random'
-
-    def erase(self, x, generator, normalise):
-        if self.erasing == 'released':
-            return random_erasing(x, generator)
-        if self.erasing == 'none':
-            return x
-        scale, shift = normalise
-        value = {'random': lambda: torch.rand(x.shape, generator=generator, device=x.device) * 255 * scale + shift,
-                 'mean': lambda: 0.0, 'black': lambda: shift}[self.fill]()
-        return random_erasing(x, generator, MASK_P, MASK_SCALE, MASK_RATIO, value, attempts=MASK_ATTEMPTS,
-                              log_ratio=False, upper_half=True)
-
-
-RELEASED_AUGMENTATION = Augmentation()
-
-
-def sampling_weights(labels, sampler):
-    """Per-image weights of a sampler that draws a class, then one of its images uniformly: 'balanced' draws
-    every class equally often, 'reversed' (BBN, RLR-CNet Sec. 3.4) class i with probability proportional to
-    N_max / N_i, N_i its number of images; None for 'uniform' (a shuffle)."""
-    if sampler == 'uniform':
-        return None
-    counts = torch.bincount(labels.cpu()).double()
-    class_weights = torch.where(counts > 0, counts.max() / counts.clamp(min=1) if sampler == 'reversed' else 1.0, 0.0)
-    return (class_weights / counts.clamp(min=1))[labels.cpu()]
-
-
-def soft_targets(labels, num_classes, smoothing=0.0):
-    """One-hot targets with label smoothing: smoothing / K on every class and 1 - smoothing more on the true one
-    (cross_entropy(label_smoothing=...)'s convention); each row sums to 1."""
-    return F.one_hot(labels, num_classes).float() * (1 - smoothing) + smoothing / num_classes
-
-
-class BatchMixer:
-    """Mixup or CutMix of whole batches on the device (CoRes-SE's recipe: timm's Mixup in batch mode): each image
-    is mixed with the one at the mirrored position of its (shuffled) batch, with one lam ~ Beta(alpha, alpha) per
-    batch; CutMix pastes a box of area 1 - lam (clipped at the border, lam then recomputed from the box) instead of
-    blending. With both alphas above 0, CutMix is chosen with probability switch_prob. Returns the mixed images and
-    soft targets (label smoothing included) that sum to 1.
-
-    Its random numbers are drawn on the host from (seed, epoch) alone (set_epoch), so that a resumed run mixes
-    exactly as an uninterrupted one, and no step waits for the device."""
-
-    def __init__(self, num_classes, mixup_alpha, cutmix_alpha, switch_prob=0.5, smoothing=0.0, seed=0):
-        assert mixup_alpha > 0 or cutmix_alpha > 0
-        self.num_classes, self.mixup_alpha, self.cutmix_alpha = num_classes, mixup_alpha, cutmix_alpha
-        self.switch_prob, self.smoothing, self.seed = switch_prob, smoothing, seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch):
-        self.rng = np.random.default_rng([self.seed, epoch, MIX_STREAM])
-
-    def __call__(self, x, labels):
-        cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or self.rng.random() < self.switch_prob)
-        alpha = self.cutmix_alpha if cutmix else self.mixup_alpha
-        lam = float(self.rng.beta(alpha, alpha))
-        partner = x.flip(0)
-        if cutmix:
-            height, width = x.shape[-2:]
-            cut = math.sqrt(1 - lam)
-            half_h, half_w = int(height * cut) // 2, int(width * cut) // 2
-            cy, cx = int(self.rng.integers(height)), int(self.rng.integers(width))
-            top, bottom = max(cy - half_h, 0), min(cy + half_h, height)
-            left, right = max(cx - half_w, 0), min(cx + half_w, width)
-            x = x.clone()
-            x[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
-            lam = 1 - (bottom - top) * (right - left) / (height * width)
-        else:
-            x = x * lam + partner * (1 - lam)
-        targets = soft_targets(labels, self.num_classes, self.smoothing)
-        return x, targets * lam + targets.flip(0) * (1 - lam)
 
 
 # ---------------------------------------------------------------- loader
@@ -576,7 +460,7 @@ class DeviceLoader:
 
     def __init__(self, images, labels, batch_size, device, image_size=IMAGE_SIZE, augment=False, shuffle=False,
                  drop_last=False, seed=0, rank=0, world_size=1, channels_last=False, sampler='uniform', stream=0):
-        """augment: False, True (the released augmentation) or an Augmentation. sampler: 'uniform' (all images,
+        """augment: False, True (the released augmentation) or an augment.Augmentation. sampler: 'uniform' (all images,
         shuffled if `shuffle`) or a class sampler of sampling_weights, drawing as many images with replacement.
         stream: loaders of one run with different streams draw independently from the same seed."""
         assert len(images) == len(labels) and 0 <= rank < world_size
@@ -676,150 +560,6 @@ def measure_throughput(loader, epochs=1):
     return count / (time.perf_counter() - start)
 
 
-# ---------------------------------------------------------------- dynamic images (EmoNAS Sec. 3, Eqs. 1-5)
-
-def rank_pooling_coefficients(length):
-    """The frame weights beta_1..beta_T of approximate rank pooling (Bilen et al. 2016), which EmoNAS cites and whose
-    formula it prints with a typo (BASELINES.md 2.5): beta_t = 2(T - t + 1) - (T + 1)(H_T - H_{t-1}), H_k the k-th
-    harmonic number. They sum to zero, so what does not change over the clip cancels."""
-    t = np.arange(1, length + 1)
-    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / t)])
-    return 2.0 * (length - t + 1) - (length + 1) * (harmonic[length] - harmonic[t - 1])
-
-
-def dynamic_image(frames):
-    """sum_t beta_t V_t of a clip's equally sized frames (first to last), un-scaled, in float64.
-
-    Computed as sum_t beta_t (V_t - V_1), equal since the betas sum to zero: identical frames then give exactly
-    zero, not rounding noise that min-max scaling would blow up into an image."""
-    first = np.asarray(frames[0], dtype=np.float64)
-    image = np.zeros_like(first)
-    for beta, frame in zip(rank_pooling_coefficients(len(frames))[1:], frames[1:]):
-        image += beta * (np.asarray(frame, dtype=np.float64) - first)
-    return image
-
-
-def scale_to_uint8(image):
-    """Min-max over all pixels and channels to 0..255, as Bilen et al.'s released code (EmoNAS does not say); an
-    image without any change (a clip without motion) is all zeros."""
-    low, high = image.min(), image.max()
-    if not high > low:
-        return np.zeros(image.shape, dtype=np.uint8)
-    return np.rint((image - low) * (255.0 / (high - low))).astype(np.uint8)
-
-
-def _file_name_part(text):
-    return re.sub(r'[^A-Za-z0-9._-]+', '-', text)
-
-
-def clip_frames(clips, entry, labels):
-    """The frames of one clip of a clip list, decoded: those of clips/<subject>/<clip>/ (or clips/<clip>/) in name
-    order, numbered onset..offset if the list gives them."""
-    folder = Path(clips) / entry.subject / entry.clip
-    if not folder.is_dir() and (Path(clips) / entry.clip).is_dir():
-        folder = Path(clips) / entry.clip
-    if not folder.is_dir():
-        raise UserError(f"{labels} line {entry.line}: no frame folder {folder} (nor {Path(clips) / entry.clip}).")
-    paths = sorted(formats.image_files(folder), key=formats.natural_key)
-    span = ''
-    if entry.onset is not None:
-        numbers = [formats.frame_number(path) for path in paths]
-        paths = [path for path, n in zip(paths, numbers) if n is not None and entry.onset <= n <= entry.offset]
-        span = f' numbered {entry.onset}..{entry.offset}'
-    if len(paths) < 2:
-        raise UserError(f"{labels} line {entry.line}: clip {folder} has {len(paths)} frame(s){span}; a dynamic image "
-                        f"needs at least 2.")
-    frames = [decode_image(path) for path in paths]
-    for path, frame in zip(paths, frames):
-        if frame.shape != frames[0].shape:
-            raise UserError(f"{labels} line {entry.line}: frame {path} is {frame.shape[1]}x{frame.shape[0]}, but "
-                            f"{paths[0]} is {frames[0].shape[1]}x{frames[0].shape[0]}; a clip's frames must have one "
-                            f"size.")
-    return frames
-
-
-def make_dynamic_images(clips, labels, out, log=print):
-    """Write one dynamic image per clip of the clip list `labels` as out/<label>/<subject>_<clip>.png, a class-folder
-    dataset for --dataset folder --folds (the subject precedes the first '_'). Returns (images written, subjects,
-    classes)."""
-    entries = formats.read_clip_list(labels)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f'{out} already exists and is not empty; remove it or choose another output folder.')
-    subjects, written, plan = {}, {}, []
-    for entry in entries:
-        # The subject is what precedes the first '_' of the file name, so it must hold none.
-        subject = _file_name_part(entry.subject).replace('_', '-')
-        if subjects.setdefault(subject, entry.subject) != entry.subject:
-            raise UserError(f"{labels} line {entry.line}: subjects {subjects[subject]!r} and {entry.subject!r} "
-                            f"would have the same file-name form {subject!r}; rename one.")
-        stem = f'{subject}_{_file_name_part(entry.clip)}'
-        if stem in written:
-            raise UserError(f"{labels} line {entry.line}: clip {entry.subject}/{entry.clip} is listed twice "
-                            f"(also line {written[stem]}).")
-        written[stem] = entry.line
-        plan.append((entry, Path(_file_name_part(entry.label)) / f'{stem}.png'))
-    tmp = out.with_name(out.name + '.tmp')
-    shutil.rmtree(tmp, ignore_errors=True)  # left over from an interrupted run
-    try:
-        for entry, name in plan:
-            frames = clip_frames(clips, entry, labels)
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(scale_to_uint8(dynamic_image(frames))).save(tmp / name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.replace(tmp, out)
-    classes = sorted({name.parent.name for _, name in plan})
-    log(f"wrote {len(written)} dynamic images of {len(subjects)} subjects in {len(classes)} classes "
-        f"({', '.join(classes)}) to {out}; leave-one-subject-out: python train.py --dataset folder --data {out} "
-        f"--folds {len(subjects)} --fold i, for i in 0..{len(subjects) - 1}")
-    return len(written), len(subjects), classes
-
-
-# ---------------------------------------------------------------- command line
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description='Dataset utilities for GLA-FERNet.')
-    commands = parser.add_subparsers(dest='command', required=True)
-    synth = commands.add_parser('make-synthetic', help='generate a small procedural face dataset')
-    synth.add_argument('--out', required=True, help='folder to write the dataset into')
-    synth.add_argument('--layout', choices=['rafdb', 'affectnet', 'fer2013', 'ckplus', 'folder', 'clips'],
-                       default='rafdb', help='layout to imitate')
-    synth.add_argument('--train', type=int, default=None,
-                       help="training images; ckplus: labelled sequences; clips: clips (default: synthetic.py's)")
-    synth.add_argument('--test', type=int, default=None,
-                       help="test images; fer2013: PublicTest and PrivateTest rows each (default: synthetic.py's)")
-    synth.add_argument('--subjects', type=int, default=None,
-                       help="ckplus and clips: people showing the sequences (default: synthetic.py's)")
-    synth.add_argument('--seed', type=int, default=0, help='random seed')
-    dynamic = commands.add_parser('make-dynamic-images',
-                                  help='turn micro-expression clips into dynamic images, a class-folder dataset')
-    dynamic.add_argument('--clips', required=True, help='folder holding <subject>/<clip>/ (or <clip>/) frame folders')
-    dynamic.add_argument('--labels', required=True,
-                         help='CSV with the header subject,clip,label[,onset,offset] (onset, offset: frame numbers)')
-    dynamic.add_argument('--out', required=True, help='folder to write <label>/<subject>_<clip>.png into')
-    noise = commands.add_parser('make-noise', help='write EmoLabel/new_N_noise.txt for a RAF-DB folder')
-    noise.add_argument('--data', required=True, help='RAF-DB root holding EmoLabel/list_patition_label.txt')
-    noise.add_argument('--rate', type=float, required=True, help='fraction of training labels to flip, e.g. 0.1')
-    noise.add_argument('--seed', type=int, default=0, help='random seed')
-    noise.add_argument('--overwrite', action='store_true', help='replace an existing noise file of that rate')
-    args = parser.parse_args(argv)
-    try:
-        if args.command == 'make-synthetic':
-            import synthetic  # only here: the generator is not needed to read data
-            sizes = {k: v for k, v in (('n_train', args.train), ('n_test', args.test), ('subjects', args.subjects))
-                     if v is not None}
-            synthetic.make_synthetic(args.out, layout=args.layout, seed=args.seed, **sizes)  # reports what it wrote
-        elif args.command == 'make-dynamic-images':
-            make_dynamic_images(args.clips, args.labels, args.out)  # reports what it wrote
-        else:
-            path, flipped, total = formats.make_noise(args.data, args.rate, args.seed, overwrite=args.overwrite)
-            print(f"wrote {path}: {flipped} of {total} training labels flipped to another class "
-                  f"({100 * flipped / total:.1f}%), seed {args.seed}")
-    except UserError as e:
-        sys.exit(f"error: {e}")
-
-
 if __name__ == '__main__':
-    main()
+    import dataset_tools  # the dataset commands keep their documented name: python data_loader.py make-synthetic ...
+    dataset_tools.main()

@@ -1,4 +1,4 @@
-"""The FER datasets' on-disk formats, without torch (SPEC.md "Data"): class names, RAF-DB's label list and its
+"""The FER datasets' on-disk formats, without torch: class names, RAF-DB's label list and its
 noisy-label files (read and written), AffectNet's class folders, FER2013's CSV and FERPlus's votes, CK+'s sequences,
 class-folder datasets, subject-independent folds and micro-expression clip lists. data_loader.py reads images
 through these; synthetic.py writes datasets in these layouts."""
@@ -12,7 +12,9 @@ from typing import Optional
 
 import numpy as np
 
-from cli import NOISE_LEVELS, UserError
+import run_folder
+from cli import NOISE_LEVELS
+from errors import UserError
 
 RAFDB_CLASSES = ['Surprise', 'Fear', 'Disgust', 'Happiness', 'Sadness', 'Anger', 'Neutral']
 AFFECTNET_CLASSES = ['Neutral', 'Happiness', 'Sadness', 'Surprise', 'Fear', 'Disgust', 'Anger', 'Contempt']
@@ -20,6 +22,7 @@ RAFDB_LABEL_FILE = 'EmoLabel/list_patition_label.txt'  # (sic) the name RAF-DB s
 RAFDB_IMAGE_DIR = 'Image/aligned'
 AFFECTNET_SPLITS = ('train_class', 'val_class')  # AffectNet's validation set serves as the test set
 AFFECTNET_CLASS_FOLDER = re.compile(r'class(\d{3})')  # class001 .. class008, in AffectNet's class order
+TEXT_ENCODING = 'utf-8-sig'  # UTF-8, with or without the byte-order mark that Excel and Notepad write first
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '.gif', '.pgm', '.ppm')
 
 
@@ -27,7 +30,7 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff', '
 
 def _read_pairs(path):
     """Yield (line number, name, integer label) for each non-blank line of a two-column list file."""
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding=TEXT_ENCODING) as f:
         for number, line in enumerate(f, 1):
             fields = line.split()
             if not fields:
@@ -146,9 +149,7 @@ def make_noise(data, rate, seed=0, overwrite=False):
     lines = []
     for _, name, label in _read_pairs(label_path):  # same order and format as the clean list
         lines.append(f"{name} {noisy[name] + 1 if name in noisy else label}\n")
-    tmp = out.with_name(out.name + f'.tmp{os.getpid()}')
-    tmp.write_text(''.join(lines), encoding='utf-8')
-    os.replace(tmp, out)
+    run_folder.write_text(out, ''.join(lines))
     return out, len(flipped), len(train_names)
 
 
@@ -229,14 +230,36 @@ def _csv_columns(path, header, wanted, what):
     return [names.index(name) for name in wanted]
 
 
+def _csv_rows(path, f):
+    """Yield (line number, fields) of each non-blank row of an open CSV file, the header first. What the csv module
+    cannot split (a field over its size limit, which an unclosed quote makes of the rest of the file; a NUL byte) or
+    text that is not UTF-8 is one UserError naming the file and line."""
+    reader = csv.reader(f)
+    while True:
+        line = reader.line_num + 1  # where the next row starts
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise UserError(f"{path} line {line}: not a CSV row the reader can split ({e}); a field longer than "
+                            f"{csv.field_size_limit():,} characters usually means a quote that is never "
+                            f"closed.") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path} near line {line}: the text is not UTF-8 ({e.reason}); save it as UTF-8 "
+                            f"CSV.") from None
+        if any(field.strip() for field in row):
+            yield line, row
+
+
 def read_fer2013(path):
     """Read FER2013's CSV (columns emotion, pixels, Usage in any order) -> (pixels N x 48 x 48 uint8, labels N,
     usage N as an index into FER2013_USAGE). Each row's 2,304 values are parsed by numpy, never value by value."""
     pixel_count = FER2013_SIZE * FER2013_SIZE
-    rows, labels, usage = [], [], []
-    with open(path, newline='', encoding='utf-8') as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
+    images, labels, usage = [], [], []
+    with open(path, newline='', encoding=TEXT_ENCODING) as f:
+        rows = _csv_rows(path, f)
+        _, header = next(rows, (1, None))
         emotion_at, pixels_at, usage_at = _csv_columns(
             path, header, ('emotion', 'pixels', 'Usage'),
             "FER2013's fer2013.csv (or icml_face_data.csv) has emotion, pixels and Usage; Usage decides the splits.")
@@ -244,10 +267,7 @@ def read_fer2013(path):
         with warnings.catch_warnings():
             # Older numpy warns (instead of raising) when text is left over, and returns the values before it.
             warnings.simplefilter('error', DeprecationWarning)
-            for row in reader:
-                if not any(field.strip() for field in row):
-                    continue  # a blank line
-                line = reader.line_num
+            for line, row in rows:
                 if len(row) != width:
                     raise UserError(f"{path} line {line}: {len(row)} fields, expected {width} ({','.join(header)}).")
                 try:
@@ -266,12 +286,12 @@ def read_fer2013(path):
                 use = row[usage_at].strip()
                 if use not in FER2013_USAGE:
                     raise UserError(f"{path} line {line}: Usage {use!r} is not one of {', '.join(FER2013_USAGE)}.")
-                rows.append(values.astype(np.uint8))
+                images.append(values.astype(np.uint8))
                 labels.append(int(emotion))
                 usage.append(FER2013_USAGE.index(use))
-    if not rows:
+    if not images:
         raise UserError(f"{path} holds no image rows; FER2013's CSV has 35,887.")
-    pixels = np.stack(rows).reshape(-1, FER2013_SIZE, FER2013_SIZE)
+    pixels = np.stack(images).reshape(-1, FER2013_SIZE, FER2013_SIZE)
     return pixels, np.array(labels, dtype=np.int64), np.array(usage, dtype=np.int64)
 
 
@@ -295,17 +315,15 @@ def ferplus_majority(votes):
 def read_ferplus(path, usage):
     """FERPlus's fer2013new.csv, row by row aligned with fer2013.csv (`usage` from read_fer2013) -> (labels N into
     FERPLUS_CLASSES with -1 for dropped images, number dropped per FERPLUS_DROPPED reason)."""
-    with open(path, newline='', encoding='utf-8') as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
+    with open(path, newline='', encoding=TEXT_ENCODING) as f:
+        rows = _csv_rows(path, f)
+        _, header = next(rows, (1, None))
         usage_at, name_at, *votes_at = _csv_columns(
             path, header, ('Usage', 'Image name') + FERPLUS_VOTES,
             "FERPlus's fer2013new.csv has Usage, Image name and ten vote columns.")
         named, votes = [], []
-        for row in reader:
-            if not any(field.strip() for field in row):
-                continue
-            line, index = reader.line_num, len(votes)
+        for line, row in rows:
+            index = len(votes)
             if len(row) != len(header):
                 raise UserError(f"{path} line {line}: {len(row)} fields, expected {len(header)} ({','.join(header)}).")
             use = row[usage_at].strip()
@@ -337,7 +355,7 @@ def read_ferplus(path, usage):
 CKPLUS_CLASSES = ['Anger', 'Contempt', 'Disgust', 'Fear', 'Happy', 'Sadness', 'Surprise']  # emotion codes 1..7
 CKPLUS_NEUTRAL = 'Neutral'  # emotion code 0; the protocol takes it from each sequence's first frame
 CKPLUS_IMAGE_DIR, CKPLUS_LABEL_DIR = 'cohn-kanade-images', 'Emotion'
-CKPLUS_PEAK_FRAMES = 3  # the common protocol: the last 3 frames of each labelled sequence
+CKPLUS_PEAK_FRAMES = 3  # the common protocol: the last 3 frames of each labelled sequence (never its neutral first)
 
 
 @dataclass
@@ -353,7 +371,10 @@ class Listing:
 
 def list_ckplus(root, num_classes=7, neutral=False):
     """The common CK+ protocol: the last 3 frames of every labelled sequence, labelled with its emotion; with
-    `neutral` also its first frame, as Neutral (class 0). num_classes 6 leaves out Contempt."""
+    `neutral` also its first frame, as Neutral (class 0). num_classes 6 leaves out Contempt.
+
+    A sequence starts neutral, so its first frame never carries the emotion: a sequence of 2 or 3 frames gives its
+    last 1 or 2 (min(3, frames - 1)), and a sequence of a single frame is skipped (counted in the summary)."""
     if num_classes not in (6, 7):
         raise UserError(f"ckplus_classes must be 6 (without Contempt) or 7, got {num_classes}.")
     image_dir, label_dir = Path(root) / CKPLUS_IMAGE_DIR, Path(root) / CKPLUS_LABEL_DIR
@@ -371,13 +392,13 @@ def list_ckplus(root, num_classes=7, neutral=False):
     subjects = sorted({p.parent.parent.name for p in label_files})
     listing = Listing([], [], [], class_names, subjects, f'{len(label_files)} labelled sequences of {len(subjects)} '
                       f'subjects')
-    seen = set()
+    seen, single = set(), 0
     for label_file in label_files:
         sequence = label_file.parent.relative_to(label_dir)
         if sequence in seen:
             raise UserError(f"{label_file.parent} holds more than one emotion file; keep the one CK+ ships.")
         seen.add(sequence)
-        text = label_file.read_text(encoding='utf-8', errors='replace').split()
+        text = label_file.read_text(encoding=TEXT_ENCODING, errors='replace').split()
         try:
             code = float(text[0]) if len(text) == 1 else None
         except ValueError:
@@ -391,18 +412,23 @@ def list_ckplus(root, num_classes=7, neutral=False):
         if not frames:
             raise UserError(f"{label_file} labels sequence {sequence}, but {image_dir / sequence} holds no frames; "
                             f"restore its images or remove the emotion file.")
+        if len(frames) == 1:
+            single += 1
+            continue
         frames.sort(key=natural_key)
-        chosen = [(frame, neutral + codes.index(int(code))) for frame in frames[-CKPLUS_PEAK_FRAMES:]]
-        if neutral and len(frames) > CKPLUS_PEAK_FRAMES:  # never the same frame as both neutral and peak
-            chosen.insert(0, (frames[0], 0))
+        peak = frames[-min(CKPLUS_PEAK_FRAMES, len(frames) - 1):]  # never the neutral first frame
+        chosen = [(frames[0], 0)] * neutral + [(frame, neutral + codes.index(int(code))) for frame in peak]
         for frame, label in chosen:
             listing.paths.append(frame)
             listing.labels.append(label)
             listing.subjects.append(sequence.parts[0])
+    skipped = f'; {single} single-frame sequence(s) skipped (a first frame is neutral)' * bool(single)
     if not listing.paths:
-        raise UserError(f"{label_dir}: no labelled sequence has one of the {num_classes} classes.")
-    listing.summary += (f'; {len(listing.paths)} images: the last {CKPLUS_PEAK_FRAMES} frames of each sequence of '
-                        f'the {num_classes} classes' + ', and its first frame as Neutral' * neutral)
+        raise UserError(f"{label_dir}: no labelled sequence of more than one frame has one of the {num_classes} "
+                        f"classes{skipped}.")
+    listing.summary += (f'; {len(listing.paths)} images: the last {CKPLUS_PEAK_FRAMES} frames (fewer in a shorter '
+                        f'sequence, never its first) of each sequence of the {num_classes} classes'
+                        + ', and its first frame as Neutral' * neutral + skipped)
     return listing
 
 
@@ -505,19 +531,16 @@ def read_clip_list(path):
     """A clip list: a CSV with a header naming subject, clip, label and optionally onset and offset -> [Clip]."""
     if not os.path.isfile(path):
         raise UserError(f"clip list {path} not found; give a CSV with the header subject,clip,label[,onset,offset].")
-    with open(path, newline='', encoding='utf-8') as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
+    with open(path, newline='', encoding=TEXT_ENCODING) as f:
+        rows = _csv_rows(path, f)
+        _, header = next(rows, (1, None))
         columns = _csv_columns(path, header, CLIP_COLUMNS, "a clip list's header is subject,clip,label[,onset,offset].")
         names = [name.strip() for name in header]
         frames_at = [names.index(n) for n in ('onset', 'offset') if n in names]
         if len(frames_at) == 1:
             raise UserError(f"{path} line 1: give both onset and offset columns, or neither.")
         clips = []
-        for row in reader:
-            if not any(field.strip() for field in row):
-                continue
-            line = reader.line_num
+        for line, row in rows:
             if len(row) != len(header):
                 raise UserError(f"{path} line {line}: {len(row)} fields, expected {len(header)} ({','.join(names)}).")
             subject, clip, label = (row[i].strip() for i in columns)

@@ -1,5 +1,5 @@
 """Search-space vocabulary, the DARTS-family search methods as presets, named architectures and a safe genotype
-parser (paper Sec. 3; SPEC.md "Deriving the genotype"; BASELINES.md 2 for EmoNAS).
+parser (paper Sec. 3; docs/method.md "Deriving the genotype"; docs/darts_family.md for EmoNAS).
 
 Data only, without torch: the scripts read it before they import torch. operations.py builds the operations named here.
 """
@@ -7,7 +7,7 @@ import argparse
 import ast
 from collections import namedtuple
 
-from cli import UserError
+from errors import UserError
 
 Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')
 
@@ -24,7 +24,7 @@ PRIMITIVES = [
 ]
 # Every operation a genotype may name: the candidates but `none` (never selected), and two more of published cells.
 OPERATIONS = PRIMITIVES[1:] + ['sep_conv_7x7', 'conv_7x1_1x7']
-# EmoNAS's 7 candidate operations (BASELINES.md 2.2: its list names DARTS' ops with `identity` for skip_connect).
+# EmoNAS's 7 candidate operations (docs/darts_family.md: its list names DARTS' ops with `identity` for skip_connect).
 EMONAS_PRIMITIVES = PRIMITIVES[1:]
 
 OP_WEIGHTS = ('sigmoid', 'softmax')  # how a supernet weighs an edge's candidate operations
@@ -37,11 +37,11 @@ OP_WEIGHTS = ('sigmoid', 'softmax')  # how a supernet weighs an edge's candidate
 # settings no method changes (SGD momentum 0.9, weight decay 3e-4, clip 5; Adam betas (0.5, 0.999), weight decay
 # 1e-3, 50/50 split of the training set) are the flags' defaults.
 PC_DARTS_SEARCH = dict(init_channels=16, batch_size=64, learning_rate=0.1, learning_rate_min=0.0, epochs=50,
-                       warmup_epochs=15, arch_learning_rate=6e-4)  # released code and SPEC.md: as PC-DARTS'
+                       warmup_epochs=15, arch_learning_rate=6e-4)  # released code: as PC-DARTS' (docs/method.md)
 DARTS_SEARCH = dict(init_channels=16, batch_size=64, learning_rate=0.025, learning_rate_min=0.001, epochs=50,
                     warmup_epochs=0, arch_learning_rate=3e-4)  # DARTS' train_search.py
 METHODS = {
-    # the paper: PC-DARTS with sigmoid operation weights (SPEC.md)
+    # the paper: PC-DARTS with sigmoid operation weights (docs/method.md)
     'gla_fernet': dict(supernet=dict(op_weights='sigmoid', edge_weights=True, k=4, primitives=PRIMITIVES, layers=8),
                        search=PC_DARTS_SEARCH, train={}),
     # PC-DARTS (Xu et al. 2020): softmax operation weights, edge normalisation, partial channels
@@ -50,7 +50,7 @@ METHODS = {
     # DARTS (Liu et al. 2019): softmax over the 8 operations on every channel, edges summed
     'darts': dict(supernet=dict(op_weights='softmax', edge_weights=False, k=1, primitives=PRIMITIVES, layers=8),
                   search=DARTS_SEARCH, train={}),
-    # EmoNAS (Verma et al. 2023; BASELINES.md 2.2-2.4): DARTS on 7 operations and a 5-cell network, its own recipe;
+    # EmoNAS (Verma et al. 2023; docs/darts_family.md): DARTS on 7 operations and a 5-cell network, its own recipe;
     # the discrete network as DARTS' train.py (no auxiliary head, drop-path 0.2, cosine to 0) with EmoNAS's figures
     'emonas': dict(
         supernet=dict(op_weights='softmax', edge_weights=False, k=1, primitives=EMONAS_PRIMITIVES, layers=5),
@@ -58,8 +58,12 @@ METHODS = {
         train=dict(layers=5, init_channels=36, batch_size=16, learning_rate=0.007, learning_rate_min=0.0, epochs=70,
                    auxiliary=False, drop_path_prob=0.2)),
 }
-# A search writes its method into this file of its folder, next to genotype.txt: train.py --genotype_file reads it.
-METHOD_FILE = 'method.json'
+SUPERNET_FLAGS = ('k', 'op_weights', 'edge_weights', 'primitives')  # the Network arguments that make a supernet
+
+
+def supernet_settings(settings):
+    """The supernet's Network arguments among a method's settings (a dict) or a run's (its args)."""
+    return {name: settings[name] if isinstance(settings, dict) else getattr(settings, name) for name in SUPERNET_FLAGS}
 
 # Published architectures, for comparison (DARTS, Liu et al. 2019; PC-DARTS, Xu et al. 2020).
 NASNet = Genotype(

@@ -1,4 +1,4 @@
-"""Discrete network built from a genotype, trained from scratch by train.py (paper Sec. 3.4; SPEC.md "Discrete network")."""
+"""Discrete network built from a genotype, trained from scratch by train.py (paper Sec. 3.4; docs/method.md "Discrete network")."""
 import torch
 import torch.nn as nn
 

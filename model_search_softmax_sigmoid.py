@@ -6,7 +6,7 @@ candidate operations; edge weights, a softmax of beta over each node's incoming 
 the partial-channel ratio k (1: every channel goes through the ops, no bypass and no shuffle, DARTS' mixed op); the
 candidate operations (EmoNAS has no `none`). Everything else, including what follows, is shared.
 
-How a cell runs its 14 edges (SPEC.md "Search cell"): as 4 edge groups, by the state the edges start from
+How a cell runs its 14 edges (docs/method.md "Search cell and supernet"): as 4 edge groups, by the state the edges start from
 (edge_groups): the 8 edges from the two cell inputs, then the 3, 2 and 1 edges from intermediate nodes 0, 1, 2.
 All edges of a group have the same stride and their inputs are ready together, so a group is one MixedOp whose
 candidate ops are `edges` copies side by side on the channel axis (1x1 convolutions are grouped convolutions;
@@ -30,15 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from genotypes import OP_WEIGHTS, PRIMITIVES, Genotype, check_primitives
-from operations import OPS, FactorizedReduce, ReLUConvBN, check_image_size, reduction_cells, stem
-from cli import UserError
+from operations import OPS, FactorizedReduce, ReLUConvBN, channel_shuffle, check_image_size, reduction_cells, stem
+from errors import UserError
 
 assert PRIMITIVES[0] == 'none', 'MixedOp skips the zero op by slicing the weights from index 1'
-
-
-def channel_shuffle(x, groups):
-    """Interleave the `groups` blocks of the channel axis (dim -3): view as (groups, C / groups), swap, flatten."""
-    return x.unflatten(-3, (groups, -1)).transpose(-4, -3).flatten(-4, -3)
 
 
 def node_edge_slices(steps):

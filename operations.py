@@ -1,9 +1,9 @@
-"""Candidate operations of the GLA-FERNet / DARTS search space (paper Sec. 3.1; SPEC.md "Search space")."""
+"""Candidate operations of the GLA-FERNet / DARTS search space (paper Sec. 3.1; docs/method.md "Search space")."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import UserError
+from errors import UserError
 from genotypes import OPERATIONS, PRIMITIVES
 
 # Every constructor takes (C, stride, affine, groups=1). With groups > 1 it builds `groups` independent copies of
@@ -146,3 +146,8 @@ def check_image_size(image_size):
         if not isinstance(size, int) or size < 8 or size % 4:
             raise UserError(f'image size {image_size} is not supported: height and width must be multiples of 4 '
                              f'and at least 8 (e.g. 48, 64, 100, 112), because the two reduction cells halve them twice')
+
+
+def channel_shuffle(x, groups):
+    """Interleave the `groups` blocks of the channel axis (dim -3): view as (groups, C / groups), swap, flatten."""
+    return x.unflatten(-3, (groups, -1)).transpose(-4, -3).flatten(-4, -3)

@@ -1,9 +1,11 @@
-"""The networks train.py trains and the published training recipe of each hand-designed baseline (BASELINES.md 3.6,
-4.4, 5.3), as defaults of train.py's flags; imports no torch, so the scripts parse their flags without it.
+"""The networks train.py trains, one table entry each (MODELS): the flags that build it, its pretrained backbones, its
+smallest input, how it trains, and its paper's recipe as defaults of train.py's flags (docs/baselines.md). Imports no
+torch, so the scripts parse their flags without it; baselines.create_model builds a network from its entry.
 
 A recipe only sets flags that exist anyway (cli.apply_recipe), so each of its items is overridden by giving the
 flag. A value given as {dataset: value} applies on those datasets only (input sizes the papers tie to a dataset).
 """
+from dataclasses import dataclass, field
 
 # RLR-CNet, Table 2 and Sec. 4.1.1. Weight decay is not stated (PyTorch's default, 0); no gradient clipping, no
 # augmentation besides the upper-half masking; input size not stated: RAF-DB's aligned 100x100, else the default 48.
@@ -11,39 +13,68 @@ RLR_CNET = {'optimizer': 'sgd', 'learning_rate': 0.01, 'momentum': 0.9, 'weight_
             'lr_step_size': 50, 'lr_gamma': 0.5, 'batch_size': 16, 'epochs': 300, 'grad_clip': 0.0,
             'flip_noise': False, 'erasing': 'upper', 'image_size': {'rafdb': 100}}
 
-RECIPES = {
+
+@dataclass(frozen=True)
+class Model:
+    """What the scripts know of a network of train.py besides its code (baselines.py, a function of the same name)."""
+    options: dict  # the constructor's keyword arguments -> the train.py flags that give them
+    own_flags: tuple = ()  # further flags that apply to this model only
+    recipe: dict = field(default_factory=dict)  # its paper's settings, as flag defaults
+    genotype: bool = False  # built from a genotype (a searched cell), so its genotype tells runs apart
+    pretrained: tuple = ()  # (attribute holding a backbone, '' for the network itself; torchvision weights name)
+    min_image_size: int = 1
+    two_branch: bool = False  # trained on a uniform and a reversed batch per step (BBN's cumulative learning)
+
+
+MODELS = {
+    # The discrete network of a genotype: its recipe is the search method's (genotypes.METHODS), not one of here.
+    'gla_fernet': Model(options={'init_channels': 'init_channels', 'layers': 'layers', 'auxiliary': 'auxiliary',
+                                 'image_size': 'image_size'},
+                        own_flags=('arch', 'genotype', 'genotype_file', 'drop_path_prob'), genotype=True),
     # FGW-FER Sec. 4.2: AdamW 1e-3 (weight decay not stated: PyTorch's 0.01), ReduceLROnPlateau on the validation
     # loss (PyTorch's factor 0.1 and patience 10), batch 64, 300 epochs, no augmentation. Its 7-1-2 split keeps one
     # part in eight of the non-test images for validation; the dropout rate is not given (0.5 is ours).
-    'fgw_fer': {'optimizer': 'adamw', 'learning_rate': 1e-3, 'weight_decay': 0.01, 'scheduler': 'plateau',
-                'lr_gamma': 0.1, 'plateau_patience': 10, 'batch_size': 64, 'epochs': 300, 'val_portion': 0.125,
-                'grad_clip': 0.0, 'flip_noise': False, 'erasing': 'none', 'dropout': 0.5,
-                'image_size': {'rafdb': 100}},
+    'fgw_fer': Model(options={'all_conv': 'fgw_all_conv', 'dropout': 'dropout'},
+                     recipe={'optimizer': 'adamw', 'learning_rate': 1e-3, 'weight_decay': 0.01, 'scheduler': 'plateau',
+                             'lr_gamma': 0.1, 'plateau_patience': 10, 'batch_size': 64, 'epochs': 300,
+                             'val_portion': 0.125, 'grad_clip': 0.0, 'flip_noise': False, 'erasing': 'none',
+                             'dropout': 0.5, 'image_size': {'rafdb': 100}}),
     # RLR-CNet's Table 3 baseline ("ShuffleNet"): its recipe without the masking.
-    'shufflenet_v2': {**RLR_CNET, 'erasing': 'none'},
-    # Two-branch cumulative learning (uniform and reversed samplers) is part of the network: train.py always
-    # trains rlr_cnet that way.
-    'rlr_cnet': RLR_CNET,
+    'shufflenet_v2': Model(options={}, recipe={**RLR_CNET, 'erasing': 'none'},
+                           pretrained=(('', 'ShuffleNet_V2_X1_0_Weights.IMAGENET1K_V1'),)),
+    # Two-branch cumulative learning (uniform and reversed samplers) is part of the network: train.py always trains
+    # rlr_cnet that way.
+    'rlr_cnet': Model(options={'split': 'rlr_split', 'mish': 'rlr_mish'}, recipe=RLR_CNET, two_branch=True),
     # CoRes-SE's notebook: ImageNet backbones, AdamW 3e-4 wd 0.05, cosine to 1e-6 after 3 warm-up epochs (ours do
     # not start at lr 0), Mixup/CutMix alpha 0.2 switch 0.5 with label smoothing 0.1, SWA over the last quarter,
     # batch 32, 50 epochs, 224 px, horizontal flips; classifier dropout 0.5.
-    'cores_se': {'pretrained': 'imagenet', 'optimizer': 'adamw', 'learning_rate': 3e-4, 'weight_decay': 0.05,
-                 'scheduler': 'cosine', 'lr_warmup_epochs': 3, 'learning_rate_min': 1e-6, 'mixup_alpha': 0.2,
-                 'cutmix_alpha': 0.2, 'mix_switch_prob': 0.5, 'label_smoothing': 0.1, 'swa_start': 0.75,
-                 'batch_size': 32, 'epochs': 50, 'image_size': 224, 'grad_clip': 0.0, 'flip_noise': True,
-                 'erasing': 'none', 'dropout': 0.5},
+    'cores_se': Model(options={'gate': 'se_gate', 'dropout': 'dropout'},
+                      recipe={'pretrained': 'imagenet', 'optimizer': 'adamw', 'learning_rate': 3e-4,
+                              'weight_decay': 0.05, 'scheduler': 'cosine', 'lr_warmup_epochs': 3,
+                              'learning_rate_min': 1e-6, 'mixup_alpha': 0.2, 'cutmix_alpha': 0.2,
+                              'mix_switch_prob': 0.5, 'label_smoothing': 0.1, 'swa_start': 0.75, 'batch_size': 32,
+                              'epochs': 50, 'image_size': 224, 'grad_clip': 0.0, 'flip_noise': True,
+                              'erasing': 'none', 'dropout': 0.5},
+                      pretrained=(('resnet', 'ResNet50_Weights.IMAGENET1K_V1'),
+                                  ('convnext', 'ConvNeXt_Tiny_Weights.IMAGENET1K_V1')),
+                      min_image_size=32),  # ConvNeXt-Tiny's four downsamplings by 4, 2, 2, 2
 }
 
-MODELS = ('gla_fernet', *RECIPES)
-TWO_BRANCH_MODELS = ('rlr_cnet',)  # trained on a uniform and a reversed batch per step (BBN)
-PRETRAINED_MODELS = ('shufflenet_v2', 'cores_se')  # have ImageNet backbones for --pretrained
-MIN_IMAGE_SIZE = {'cores_se': 32}  # ConvNeXt-Tiny's four downsamplings by 4, 2, 2, 2
+
+def model_flags():
+    """{flag: the models it applies to} for the flags of some models only (train.py refuses them elsewhere)."""
+    flags = {}
+    for name, model in MODELS.items():
+        for flag in (*model.options.values(), *model.own_flags, *(('pretrained',) if model.pretrained else ())):
+            if flag != 'image_size':  # every model's input size, not a flag of this one
+                flags.setdefault(flag, []).append(name)
+    return flags
 
 
 def model_recipe(model, dataset):
-    """The flag defaults of a baseline's paper for a run on `dataset`."""
+    """The flag defaults of a model's paper for a run on `dataset`."""
     settings = {}
-    for flag, value in RECIPES[model].items():
+    for flag, value in MODELS[model].recipe.items():
         if isinstance(value, dict):
             if dataset not in value:
                 continue

@@ -1,15 +1,16 @@
 """Synthetic facial-expression data in the on-disk layouts of RAF-DB, AffectNet, FER2013 (with FERPlus votes), CK+,
-class-folder copies and micro-expression clips (SPEC "Data"), for demos and tests."""
+class-folder copies and micro-expression clips, for demos and tests."""
 
+import contextlib
 import os
-import shutil
 import time
 from multiprocessing import Pool
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from cli import UserError
+import run_folder
+from errors import UserError
 from formats import (AFFECTNET_CLASSES, CKPLUS_CLASSES, CKPLUS_IMAGE_DIR, CKPLUS_LABEL_DIR, FER2013_CLASSES,
                      FER2013_SIZE, FER2013_USAGE, FERPLUS_CLASSES, FERPLUS_VOTES, RAFDB_CLASSES, RAFDB_LABEL_FILE,
                      make_noise, rafdb_image_path)
@@ -97,31 +98,29 @@ def make_synthetic(out, layout='rafdb', n_train=None, n_test=None, seed=0, log=p
     how many people show them, `frames` the frames of each."""
     if layout not in LAYOUTS:
         raise UserError(f'Unknown layout {layout!r}; use one of {", ".join(LAYOUTS)}.')
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise UserError(f'{out} already exists and is not empty; remove it or choose another output folder.')
+    if layout in SEQUENCE_LAYOUTS and n_test is not None:
+        raise UserError(f'the {layout} layout has no test split (it is evaluated in subject folds); give the '
+                        f'number of sequences or clips and of subjects instead.')
     start = time.time()
-    # Build next to `out` and rename at the end, so an interrupted run never leaves a complete-looking data set.
-    tmp = out.rstrip('/') + '.tmp'
-    shutil.rmtree(tmp, ignore_errors=True)  # left over from an interrupted run
-    if layout in SEQUENCE_LAYOUTS:
-        if n_test is not None:
-            raise UserError(f'the {layout} layout has no test split (it is evaluated in subject folds); give the '
-                            f'number of sequences or clips and of subjects instead.')
-        jobs, files, summary = sequence_jobs(tmp, layout, n_train, subjects, frames, seed)
-    else:
-        n_train = DEMO_SIZE[0] if n_train is None else n_train
-        n_test = DEMO_SIZE[1] if n_test is None else n_test
-        jobs, files, summary = image_jobs(tmp, layout, n_train, n_test, seed)
-    for folder in sorted({os.path.dirname(job[0]) for job in jobs if job[0]} | {os.path.dirname(f) for f in files}):
-        os.makedirs(folder, exist_ok=True)
-    rendered = render(jobs, workers)
-    for path, write in files.items():
-        with open(path, 'w', newline='') as f:
-            f.write(write(rendered))
-    if layout == 'rafdb':
-        for rate in NOISE_RATES:
-            make_noise(tmp, rate, seed=seed)
-    os.replace(tmp, out)
+    with contextlib.suppress(OSError):  # as mkdir -p; a parent that cannot be made is named by atomic_folder
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    # Built beside `out` and renamed at the end: an interrupted run never leaves a complete-looking data set.
+    with run_folder.atomic_folder(out) as tmp:
+        if layout in SEQUENCE_LAYOUTS:
+            jobs, files, summary = sequence_jobs(tmp, layout, n_train, subjects, frames, seed)
+        else:
+            n_train = DEMO_SIZE[0] if n_train is None else n_train
+            n_test = DEMO_SIZE[1] if n_test is None else n_test
+            jobs, files, summary = image_jobs(tmp, layout, n_train, n_test, seed)
+        for folder in sorted({os.path.dirname(job[0]) for job in jobs if job[0]} | {os.path.dirname(f) for f in files}):
+            os.makedirs(folder, exist_ok=True)
+        rendered = render(jobs, workers)
+        for path, write in files.items():
+            with open(path, 'w', newline='') as f:
+                f.write(write(rendered))
+        if layout == 'rafdb':
+            for rate in NOISE_RATES:
+                make_noise(tmp, rate, seed=seed)
     log(f'wrote {summary} to {out} in {time.time() - start:.1f}s')
     return out
 

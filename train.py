@@ -2,19 +2,19 @@
 architecture (paper Sec. 4) or one of the hand-designed FER networks it is compared with (baselines.py), each with
 its paper's recipe; model selection on a validation split where there is one."""
 import argparse
-import glob
-import json
 import os
 
 import cli
 import genotypes
 import recipes
+import run_folder
+from errors import UserError
 
 parser = cli.training_parser('train', __doc__, seed=0, channels_last=True)
 network = parser.add_argument_group('network')
-network.add_argument('--model', choices=recipes.MODELS, default='gla_fernet',
+network.add_argument('--model', choices=list(recipes.MODELS), default='gla_fernet',
                      help='the network to train: gla_fernet is the discrete network of a genotype; the others are '
-                          'hand-designed FER networks, whose paper\'s recipe gives the defaults (README "Baselines")')
+                          'hand-designed FER networks, whose paper\'s recipe gives the defaults (docs/baselines.md "Recipes")')
 network.add_argument('--epochs', type=cli.positive_int, default=600, help='num of training epochs')
 network.add_argument('--init_channels', type=cli.positive_int, default=36, help='num of init channels')
 network.add_argument('--layers', type=cli.positive_int, default=8, help='total number of layers')
@@ -77,55 +77,6 @@ training.add_argument('--val_portion', type=cli.portion, default=0.0,
                       help='a seeded, class-stratified share of the training set held out for validation, on which '
                            'best.pt and the plateau scheduler select (default 0: none, as released)')
 
-# Flags of some models only: given to another model (with a value other than the default), they are refused.
-MODEL_FLAGS = {'arch': ('gla_fernet',), 'genotype': ('gla_fernet',), 'genotype_file': ('gla_fernet',),
-               'init_channels': ('gla_fernet',), 'layers': ('gla_fernet',), 'auxiliary': ('gla_fernet',),
-               'drop_path_prob': ('gla_fernet',), 'fgw_all_conv': ('fgw_fer',), 'rlr_split': ('rlr_cnet',),
-               'rlr_mish': ('rlr_cnet',), 'se_gate': ('cores_se',), 'dropout': ('fgw_fer', 'cores_se'),
-               'pretrained': recipes.PRETRAINED_MODELS}
-
-
-def find_genotype_file(given):
-    """genotype.txt itself, the search folder holding it, or of the searches matching a pattern such as
-    'search-EXP-*' the one with the newest genotype.txt. A search writes genotype.txt when its first architecture
-    epoch ends, so folders of searches that failed or are still in warm-up never match."""
-    if os.path.isfile(given):
-        return given
-    if os.path.isdir(given):
-        path = os.path.join(given, 'genotype.txt')
-        if os.path.isfile(path):
-            return path
-        raise cli.UserError(f'{given} holds no genotype.txt: a search writes it when its first architecture epoch '
-                            f'(after --warmup_epochs) ends, so this search stopped or is still warming up; let it '
-                            f'continue (train_search.py --resume {given}) or give another search')
-    matches = glob.glob(given)
-    searched = [os.path.join(m, 'genotype.txt') for m in matches if os.path.isfile(os.path.join(m, 'genotype.txt'))]
-    if searched:
-        return max(searched, key=os.path.getmtime)
-    if matches:
-        raise cli.UserError(f'{len(matches)} folder(s) match {given!r}, but none holds a genotype.txt: no search '
-                            f'among them ended an architecture epoch (they failed, or are still warming up)')
-    raise cli.UserError(f'genotype file {given} does not exist (give genotype.txt, the search folder holding it, '
-                        f"or a pattern such as 'search-EXP-*')")
-
-
-def search_method(genotype_path):
-    """The method of the search that wrote genotype_path, from the method file next to it; 'gla_fernet' where there
-    is none (searches from before the DARTS-family methods were all GLA-FERNet's)."""
-    path = os.path.join(os.path.dirname(genotype_path), genotypes.METHOD_FILE)
-    if not os.path.exists(path):
-        return 'gla_fernet'
-    try:
-        with open(path) as f:
-            method = json.load(f)['method']
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise cli.UserError(f'{path}: cannot read the search method ({type(e).__name__}: {e}); it should hold '
-                            f'{{"method": NAME}}, as train_search.py writes it') from None
-    if method not in genotypes.METHODS:
-        raise cli.UserError(f"{path}: unknown search method {method!r}; known: {', '.join(genotypes.METHODS)}")
-    return method
-
-
 def recipe(args):
     """The published settings of the network to train, as defaults of the flags not given: a baseline's paper
     recipe (recipes.py); for the genotype of a search (--genotype_file), the discrete network of the search's method
@@ -135,9 +86,9 @@ def recipe(args):
     if args.genotype_file:
         try:
             # the file a pattern matches now, so that main() reads the genotype the recipe is for
-            args.genotype_file = find_genotype_file(args.genotype_file)
-            method = search_method(args.genotype_file)
-        except cli.UserError:
+            args.genotype_file = run_folder.find_genotype_file(args.genotype_file)
+            method = run_folder.search_method(args.genotype_file, genotypes.METHODS)
+        except UserError:
             return 'gla_fernet', {}  # main() reports it, before a run folder exists
         return method, genotypes.METHODS[method]['train']
     return 'gla_fernet', {}
@@ -145,7 +96,7 @@ def recipe(args):
 
 def recipe_settings(name, dataset):
     """The settings of the recipe a run recorded by name (args.recipe): a baseline's or a search method's."""
-    if name in recipes.RECIPES:
+    if name in recipes.MODELS:
         return recipes.model_recipe(name, dataset)
     return genotypes.METHODS[name]['train'] if name in genotypes.METHODS else {}
 
@@ -158,20 +109,26 @@ def check_args(parser, args):
         parser.error(f'argument --drop_path_prob: {args.drop_path_prob} must be below 1')
     if not args.dropout < 1:
         parser.error(f'argument --dropout: {args.dropout} must be below 1')
-    for flag, models in MODEL_FLAGS.items():
+    for flag, models in recipes.model_flags().items():
         if args.model not in models and getattr(args, flag) != parser.get_default(flag):
             parser.error(f'argument --{flag}: applies to --model {" or ".join(models)}, not to --model {args.model}')
     if args.pretrained not in (None, 'imagenet') and not os.path.isdir(args.pretrained):
         parser.error(f"argument --pretrained: {args.pretrained} is no folder; give 'imagenet', 'none' or a folder "
                      f"holding torchvision's ImageNet weight files")
-    if args.model in recipes.TWO_BRANCH_MODELS and (args.mixup_alpha or args.cutmix_alpha):
+    if recipes.MODELS[args.model].two_branch and (args.mixup_alpha or args.cutmix_alpha):
         parser.error(f"--mixup_alpha and --cutmix_alpha do not combine with {args.model}'s two-branch training (its "
                      f"loss already mixes a uniform and a reversed batch)")
-    if args.image_size < recipes.MIN_IMAGE_SIZE.get(args.model, 1):
-        parser.error(f'argument --image_size: {args.model} needs at least {recipes.MIN_IMAGE_SIZE[args.model]} pixels, '
-                     f'got {args.image_size}')
+    if args.image_size < recipes.MODELS[args.model].min_image_size:
+        parser.error(f'argument --image_size: {args.model} needs at least {recipes.MODELS[args.model].min_image_size} '
+                     f'pixels, got {args.image_size}')
     if args.scheduler == 'plateau' and args.lr_warmup_epochs:
         parser.error('argument --lr_warmup_epochs: applies to --scheduler cosine or step, not plateau')
+    if args.lr_warmup_epochs >= args.epochs:
+        from_recipe = recipe_settings(args.recipe, args.dataset).get('lr_warmup_epochs') == args.lr_warmup_epochs
+        source = f" (the {args.recipe} recipe's)" if from_recipe else ''
+        parser.error(f'argument --lr_warmup_epochs: a warm-up of {args.lr_warmup_epochs} epochs{source} leaves none of '
+                     f'the --epochs {args.epochs} at the full learning rate; give --lr_warmup_epochs 0, or fewer '
+                     f'warm-up epochs than --epochs')
 
 
 if __name__ == '__main__':
@@ -188,62 +145,20 @@ from torch.optim.swa_utils import AveragedModel, update_bn  # noqa: E402
 import data_loader  # noqa: E402
 import utils  # noqa: E402
 import visualize  # noqa: E402
+from augment import Augmentation, BatchMixer  # noqa: E402
 from baselines import create_model, cumulative_alpha, load_pretrained, model_options  # noqa: E402
-
-NOT_YET = {'epoch': -1, 'accuracy': -1.0}  # the selection record before any epoch
 
 
 def main(args, log):
     run = utils.Run('eval', parser, args, log)
     if run.complete:
         return
-    args, device, rank, world_size = run.args, run.device, run.rank, run.world_size
-    genotype = None
-    if args.model == 'gla_fernet':
-        if run.checkpoint is None:
-            genotype, args.genotype_file = read_genotype(args)  # the file a pattern resolved to goes into args.json
-            if args.genotype_file:  # an unreadable method file stops the run here, before its folder exists
-                log(f'genotype of a --method {search_method(args.genotype_file)} search ({args.genotype_file})')
-        else:
-            genotype = genotypes.parse_genotype(run.checkpoint['genotype'])
-        log(f'genotype = {genotypes.format_genotype(genotype)}')
-    recipe_name = getattr(args, 'recipe', 'gla_fernet')  # runs from before recipes had none
-    settings = recipe_settings(recipe_name, args.dataset)
-    used = {flag: getattr(args, flag) for flag in settings}
-    log(f'recipe {recipe_name}: ' + (', '.join(f'{flag} {value}' + ('' if value == settings[flag] else
-                                                                     f' (recipe: {settings[flag]})')
-                                               for flag, value in used.items()) or "the flags' defaults"))
-
+    args, device = run.args, run.device
+    genotype = run_genotype(run, args, log)
+    recipe = log_recipe(args, log)
     data = data_loader.load_from_args(args, log)
-    train_set, val_set, val_source = validation_split(data, args.val_portion, args.seed, log)
-    test_set = data.test
-    class_names = train_set.class_names
-    num_classes = len(class_names)
-    loader_args = dict(device=device, image_size=args.image_size, seed=args.seed, rank=rank, world_size=world_size,
-                       channels_last=args.channels_last)
-    augmentation = data_loader.Augmentation(args.flip_noise, args.erasing, args.mask_fill)
-    train_loader = data_loader.DeviceLoader(train_set.images, train_set.labels, args.batch_size, augment=augmentation,
-                                            shuffle=True, drop_last=True, sampler=args.sampler, **loader_args)
-    # RLR-CNet's second branch learns from batches of the reversed sampler, drawn independently (stream 1).
-    reversed_loader = None
-    if args.model in recipes.TWO_BRANCH_MODELS:
-        reversed_loader = data_loader.DeviceLoader(train_set.images, train_set.labels, args.batch_size,
-                                                   augment=augmentation, drop_last=True, sampler='reversed', stream=1,
-                                                   **loader_args)
-    test_loader = data_loader.evaluation_loader(test_set.images, test_set.labels, args, device, rank=rank,
-                                                world_size=world_size)
-    val_loader = None
-    if val_set is not None:
-        val_loader = data_loader.evaluation_loader(val_set.images, val_set.labels, args, device, rank=rank,
-                                                   world_size=world_size)
-    data_loader.check_batches(train_loader, 'the training set',
-                              'lower --batch_size' + (' or --val_portion' if args.val_portion else ''))
-    log(f'{args.dataset}: {len(train_set.labels)} training images, ' +
-        (f'{len(val_set.labels)} validation images ({val_source}), ' if val_set is not None else '') +
-        f'{len(test_set.labels)} test images, {num_classes} classes')
-    if args.scheduler == 'plateau' and val_loader is None:
-        raise utils.UserError('--scheduler plateau lowers the lr when the validation loss stops falling, and this run '
-                              'has no validation set: give --val_portion (e.g. 0.125) or another --scheduler')
+    loaders = training_loaders(data, args, run, log)
+    num_classes = len(loaders.class_names)
 
     model = create_model(args.model, num_classes, **model_options(args, genotype)).to(device)
     if args.pretrained and run.checkpoint is None:  # a resumed run's weights come from its checkpoint
@@ -259,42 +174,36 @@ def main(args, log):
     amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     update = utils.WeightUpdate(list(model.parameters()), optimizer, scaler, args.grad_clip, amp_dtype)
-    forward_model = utils.maybe_compile(model, next(iter(test_loader))[0], log) if args.compile else model
-    if world_size > 1:
+    forward_model = utils.maybe_compile(model, next(iter(loaders.test))[0], log) if args.compile else model
+    if run.world_size > 1:
         forward_model = DistributedDataParallel(forward_model, device_ids=[device.index] if device.type == 'cuda' else None)
     mixer = None
     if args.mixup_alpha or args.cutmix_alpha:
-        mixer = data_loader.BatchMixer(num_classes, args.mixup_alpha, args.cutmix_alpha, args.mix_switch_prob,
-                                       args.label_smoothing, args.seed)
+        mixer = BatchMixer(num_classes, args.mixup_alpha, args.cutmix_alpha, args.mix_switch_prob,
+                           args.label_smoothing, args.seed)
     swa_model = AveragedModel(model) if args.swa_start is not None else None
-    swa_from = int(args.swa_start * args.epochs) if swa_model is not None else None
-    selection = 'val_selected' if val_loader is not None else 'test_selected'
-    log('best.pt: the epoch of best ' + ('validation accuracy' if val_loader is not None else
-                                          'TEST accuracy (no validation set: give --val_portion for an unbiased one)'))
+    selection = Selection(has_validation=loaders.val is not None, log=log)
 
     run.start()
     stateful = {'model': model, 'optimizer': optimizer, 'scheduler': scheduler, 'scaler': scaler}
     if swa_model is not None:
         stateful['swa_model'] = swa_model
-    start_epoch, best = run.restore(stateful, best={'test_selected': NOT_YET, 'val_selected': NOT_YET})
-    if 'test_selected' not in best:  # a run started before validation selection recorded one record
-        best = {'test_selected': best, 'val_selected': NOT_YET}
-    writer = utils.tensorboard_writer(run)
+    start_epoch, selection.best = run.restore(stateful, selection.best)
+    report = Report(run, model, swa_model, loaders.class_names, genotype, recipe, stats)
     for epoch in range(start_epoch, args.epochs):
         lr = optimizer.param_groups[0]['lr']
         alpha = cumulative_alpha(epoch, args.epochs)
-        log(f'epoch {epoch} lr {lr:e}' + (f' alpha {alpha:f}' if reversed_loader is not None else ''))
+        log(f'epoch {epoch} lr {lr:e}' + (f' alpha {alpha:f}' if loaders.reversed is not None else ''))
         if hasattr(model, 'drop_path_prob'):
             model.drop_path_prob.fill_(args.drop_path_prob * epoch / args.epochs)
         forward_model.train()
-        train_loader.set_epoch(epoch)
+        loaders.train.set_epoch(epoch)
         second_batches = None
-        if reversed_loader is not None:
-            reversed_loader.set_epoch(epoch)
-            second_batches = iter(reversed_loader)
+        if loaders.reversed is not None:
+            loaders.reversed.set_epoch(epoch)
+            second_batches = iter(loaders.reversed)
         if mixer is not None:
             mixer.set_epoch(epoch)
-
         # As a tensor, alpha is an input of a compiled graph, not a constant to specialise on anew every epoch.
         alpha_input = torch.tensor(alpha, device=device)
 
@@ -303,80 +212,108 @@ def main(args, log):
             inputs, loss_fn = training_batch(x, y, args.label_smoothing, mixer, second, alpha, alpha_input)
             return train_step(forward_model, update, inputs, loss_fn, args.auxiliary_weight)
 
-        progress = utils.Progress(log, f'train {epoch}', train_loader, args.report_freq, epoch, args.epochs)
-        train_loss, train_matrix = utils.run_epoch(step, train_loader, num_classes, progress)
+        progress = utils.Progress(log, f'train {epoch}', loaders.train, args.report_freq, epoch, args.epochs)
+        train_loss, train_matrix = utils.run_epoch(step, loaders.train, num_classes, progress)
         run.check_loss(train_loss, f'training epoch {epoch}')
-        last = measure(forward_model, test_loader, num_classes, amp_dtype, run, f'testing after epoch {epoch}')
+        last = utils.evaluation_metrics(forward_model, loaders.test, num_classes, amp_dtype, run,
+                                        f'testing after epoch {epoch}')
         valid = None
-        if val_loader is not None:
-            valid = measure(forward_model, val_loader, num_classes, amp_dtype, run, f'validation after epoch {epoch}')
+        if loaders.val is not None:
+            valid = utils.evaluation_metrics(forward_model, loaders.val, num_classes, amp_dtype, run,
+                                             f'validation after epoch {epoch}')
         if args.scheduler == 'plateau':
             scheduler.step(valid['loss'])
         else:
             scheduler.step()
-        if swa_model is not None and epoch >= swa_from:
+        if swa_model is not None and epoch >= swa_first_epoch(args):
             swa_model.update_parameters(model)
-        train_metrics = train_matrix.compute()
-        last['epoch'] = epoch
-        if last['accuracy'] > best['test_selected']['accuracy']:
-            best['test_selected'] = dict(last)
-        if valid is not None and valid['accuracy'] > best['val_selected'].get('val_accuracy', -1.0):
-            best['val_selected'] = {**last, **{f'val_{key}': valid[key] for key in SUMMARY}}
-        log(f'train_acc {train_metrics["accuracy"]:f}, train_balanced_acc {train_metrics["balanced_accuracy"]:f}, '
-            f'train_f1 {train_metrics["f1"]:f}')
-        if valid is not None:
-            log(f'valid_acc {valid["accuracy"]:f}, valid_balanced_acc {valid["balanced_accuracy"]:f}, '
-                f'valid_f1 {valid["f1"]:f}, valid_loss {valid["loss"]:f}, best valid_acc '
-                f'{best["val_selected"]["val_accuracy"]:f} at epoch {best["val_selected"]["epoch"]}')
-        log(f'test_acc {last["accuracy"]:f}, test_balanced_acc {last["balanced_accuracy"]:f}, '
-            f'test_precision {last["precision"]:f}, test_recall {last["recall"]:f}, test_f1 {last["f1"]:f}, '
-            f'best_acc {best["test_selected"]["accuracy"]:f} at epoch {best["test_selected"]["epoch"]} (test-selected)')
+        selection.update(epoch, last, valid)
         swa = None
         if swa_model is not None and epoch == args.epochs - 1:
-            swa = finish_swa(swa_model, train_loader, test_loader, val_loader, num_classes, amp_dtype, run, log)
-        run.check_weights(model, epoch)
-        if run.is_main:
-            utils.log_scalars(writer, epoch, lr=lr, train_loss=train_loss.average(), test_loss=last['loss'],
-                              train_acc=train_metrics['accuracy'], train_f1=train_metrics['f1'],
-                              train_balanced_acc=train_metrics['balanced_accuracy'], test_acc=last['accuracy'],
-                              test_balanced_acc=last['balanced_accuracy'], test_precision=last['precision'],
-                              test_recall=last['recall'], test_f1=last['f1'],
-                              **({'val_loss': valid['loss'], 'val_acc': valid['accuracy'],
-                                  'val_balanced_acc': valid['balanced_accuracy'], 'val_f1': valid['f1']}
-                                 if valid is not None else {}))
-            if best[selection]['epoch'] == epoch:
-                utils.save_checkpoint(model.state_dict(), run.path('best.pt'))
-            if swa is not None:
-                utils.save_checkpoint(swa_model.module.state_dict(), run.path('swa.pt'))
-            results = {'complete': epoch + 1 == args.epochs, 'epochs_done': epoch + 1, 'epochs': args.epochs,
-                       'model': args.model, 'recipe': {'name': recipe_name, 'settings': used},
-                       'best_pt': selection, 'last': last, 'test_selected': best['test_selected']}
-            if val_loader is not None:
-                results['val_selected'] = best['val_selected']
-            if swa is not None:
-                results['swa'] = swa
-            utils.write_json(run.path('metrics.json'),
-                             {**results, 'class_names': class_names, **stats,
-                              'genotype': genotypes.format_genotype(genotype) if genotype else None})
-            visualize.plot_confusion_matrix(last['confusion_matrix'], class_names, run.path('confusion_matrix.png'),
-                                            f'{args.dataset} test, epoch {epoch}: accuracy {last["accuracy"]:.2f}%')
-        run.save(epoch, best, stateful, genotype=genotypes.format_genotype(genotype) if genotype else None)
+            swa = finish_swa(swa_model, loaders, num_classes, amp_dtype, run, log)
+        report.epoch(epoch, lr, train_loss.average(), train_matrix.compute(), last, valid, selection, swa)
+        run.save(epoch, selection.best, stateful, **report.checkpoint_extra(data, args))
 
-    if writer is not None:
-        writer.close()
-    summary = lambda m: (f'test accuracy {m["accuracy"]:.2f}%, balanced accuracy {m["balanced_accuracy"]:.2f}%, '
-                         f'macro-F1 {m["f1"]:.2f}%')
-    log(f'final {summary(last)} (last epoch)')
-    if val_loader is not None:
-        log(f'validation-selected: {summary(best["val_selected"])} at epoch {best["val_selected"]["epoch"]} (best '
-            f'validation accuracy {best["val_selected"]["val_accuracy"]:.2f}%; in best.pt)')
-    if swa is not None:
-        log(f'SWA of epochs {swa_from}-{args.epochs - 1}: {summary(swa)} (in swa.pt)')
-    log(f'test-selected: best {summary(best["test_selected"])} at epoch {best["test_selected"]["epoch"]} (selected '
-        f'on the test set, optimistic; the released best_acc)' + (f'; results in {run.folder}' if run.is_main else ''))
+    report.close()
+    report.summary(last, selection, swa)
 
 
-SUMMARY = ('accuracy', 'balanced_accuracy', 'f1', 'loss')  # the validation figures a selection record keeps
+def run_genotype(run, args, log):
+    """The genotype of a gla_fernet run (None for the other models): from --arch, --genotype or --genotype_file for
+    a new run, from the checkpoint for a resumed one."""
+    if args.model != 'gla_fernet':
+        return None
+    if run.checkpoint is None:
+        genotype, args.genotype_file = read_genotype(args)  # the file a pattern resolved to goes into args.json
+        if args.genotype_file:  # an unreadable method file stops the run here, before its folder exists
+            method = run_folder.search_method(args.genotype_file, genotypes.METHODS)
+            log(f'genotype of a --method {method} search ({args.genotype_file})')
+    else:
+        genotype = genotypes.parse_genotype(run.checkpoint['genotype'])
+    log(f'genotype = {genotypes.format_genotype(genotype)}')
+    return genotype
+
+
+def read_genotype(args):
+    """The genotype from exactly one of --arch, --genotype, --genotype_file, and the file it was read from."""
+    if args.genotype:
+        return genotypes.parse_genotype(args.genotype), None
+    if args.genotype_file:
+        path = run_folder.find_genotype_file(args.genotype_file)
+        with open(path) as f:
+            try:
+                return genotypes.parse_genotype(f.read()), path
+            except UserError as e:
+                raise UserError(f'{path}: {e}') from None
+    return genotypes.genotype_by_name(args.arch or 'PCDARTS'), None
+
+
+def log_recipe(args, log):
+    """Log the recipe the run's flags came from and where a flag departs from it; returns metrics.json's record."""
+    name = getattr(args, 'recipe', 'gla_fernet')  # runs from before recipes had none
+    settings = recipe_settings(name, args.dataset)
+    used = {flag: getattr(args, flag) for flag in settings}
+    log(f'recipe {name}: ' + (', '.join(f'{flag} {value}' + ('' if value == settings[flag] else
+                                                             f' (recipe: {settings[flag]})')
+                                        for flag, value in used.items()) or "the flags' defaults"))
+    return {'name': name, 'settings': used}
+
+
+class Loaders:
+    """The batches of a training run: train (augmented, sampled as --sampler says), reversed (RLR-CNet's second
+    branch, else None), test, and val (None without a validation set)."""
+
+    def __init__(self, **loaders):
+        self.__dict__.update(loaders)
+
+
+def training_loaders(data, args, run, log):
+    train_set, val_set, val_source = validation_split(data, args.val_portion, args.seed, log)
+    test_set = data.test
+    loader_args = dict(device=run.device, image_size=args.image_size, seed=args.seed, rank=run.rank,
+                       world_size=run.world_size, channels_last=args.channels_last)
+    augmentation = Augmentation(args.flip_noise, args.erasing, args.mask_fill)
+    train_loader = data_loader.DeviceLoader(train_set.images, train_set.labels, args.batch_size, augment=augmentation,
+                                            shuffle=True, drop_last=True, sampler=args.sampler, **loader_args)
+    # RLR-CNet's second branch learns from batches of the reversed sampler, drawn independently (stream 1).
+    reversed_loader = None
+    if recipes.MODELS[args.model].two_branch:
+        reversed_loader = data_loader.DeviceLoader(train_set.images, train_set.labels, args.batch_size,
+                                                   augment=augmentation, drop_last=True, sampler='reversed', stream=1,
+                                                   **loader_args)
+    evaluation = lambda images, labels: data_loader.evaluation_loader(images, labels, args, run.device, rank=run.rank,
+                                                                      world_size=run.world_size)
+    val_loader = evaluation(val_set.images, val_set.labels) if val_set is not None else None
+    data_loader.check_batches(train_loader, 'the training set',
+                              'lower --batch_size' + (' or --val_portion' if args.val_portion else ''))
+    log(f'{args.dataset}: {len(train_set.labels)} training images, ' +
+        (f'{len(val_set.labels)} validation images ({val_source}), ' if val_set is not None else '') +
+        f'{len(test_set.labels)} test images, {len(train_set.class_names)} classes')
+    if args.scheduler == 'plateau' and val_loader is None:
+        raise UserError('--scheduler plateau lowers the lr when the validation loss stops falling, and this run '
+                        'has no validation set: give --val_portion (e.g. 0.125) or another --scheduler')
+    return Loaders(train=train_loader, reversed=reversed_loader, test=evaluation(test_set.images, test_set.labels),
+                   val=val_loader, class_names=train_set.class_names)
 
 
 def validation_split(data, val_portion, seed, log):
@@ -392,13 +329,6 @@ def validation_split(data, val_portion, seed, log):
     part = lambda idx: data_loader.ImageSet(data.train.images[idx], data.train.labels[idx], data.train.class_names,
                                             data.train.root)
     return part(train_idx), part(val_idx), f'a stratified {val_portion:g} of the training set, seed {seed}'
-
-
-def measure(model, loader, num_classes, amp_dtype, run, where):
-    """A loader's metrics (with its loss) in eval mode; a non-finite loss stops the run."""
-    loss, matrix = utils.evaluate(model, loader, num_classes, amp_dtype)
-    run.check_loss(loss, where)
-    return {**matrix.compute(), 'loss': loss.average()}
 
 
 def make_optimizer(parameters, args):
@@ -434,8 +364,9 @@ def training_batch(x, y, label_smoothing, mixer=None, second=None, alpha=1.0, al
     (alpha_input: alpha as the network's input, a tensor on the device)."""
     if second is not None:
         x2, y2 = second
-        return (x, x2, alpha if alpha_input is None else alpha_input), lambda z: (alpha * F.cross_entropy(z, y, label_smoothing=label_smoothing) +
-                                          (1 - alpha) * F.cross_entropy(z, y2, label_smoothing=label_smoothing))
+        return (x, x2, alpha if alpha_input is None else alpha_input), lambda z: (
+            alpha * F.cross_entropy(z, y, label_smoothing=label_smoothing) +
+            (1 - alpha) * F.cross_entropy(z, y2, label_smoothing=label_smoothing))
     if mixer is not None:
         x, targets = mixer(x, y)
         return (x,), lambda z: F.cross_entropy(z, targets)
@@ -456,33 +387,124 @@ def train_step(model, update, inputs, loss_fn, auxiliary_weight=0.4):
     return logits.detach(), loss.detach()
 
 
-def finish_swa(swa_model, train_loader, test_loader, val_loader, num_classes, amp_dtype, run, log):
+NOT_YET = {'epoch': -1, 'accuracy': -1.0}  # a selection record before any epoch
+SUMMARY = ('accuracy', 'balanced_accuracy', 'f1', 'loss')  # the validation figures a selection record keeps
+
+
+class Selection:
+    """The epochs a run reports besides the last, each a record of its test metrics: test_selected (best test
+    accuracy: optimistic, the released best_acc) and val_selected (best validation accuracy, with the validation
+    figures as val_*). best.pt holds the weights of `best_pt`'s epoch: val_selected where there is a validation set."""
+
+    def __init__(self, has_validation, log):
+        self.best = {'test_selected': NOT_YET, 'val_selected': NOT_YET}
+        self.best_pt = 'val_selected' if has_validation else 'test_selected'
+        log('best.pt: the epoch of best ' + ('validation accuracy' if has_validation else
+                                              'TEST accuracy (no validation set: give --val_portion for an unbiased one)'))
+
+    def update(self, epoch, last, valid):
+        if 'test_selected' not in self.best:  # a run started before validation selection recorded one record
+            self.best = {'test_selected': self.best, 'val_selected': NOT_YET}
+        last['epoch'] = epoch
+        if last['accuracy'] > self.best['test_selected']['accuracy']:
+            self.best['test_selected'] = dict(last)
+        if valid is not None and valid['accuracy'] > self.best['val_selected'].get('val_accuracy', -1.0):
+            self.best['val_selected'] = {**last, **{f'val_{key}': valid[key] for key in SUMMARY}}
+
+    def records(self):
+        """metrics.json's selection records."""
+        return {'best_pt': self.best_pt, 'test_selected': self.best['test_selected'],
+                **({'val_selected': self.best['val_selected']} if self.best_pt == 'val_selected' else {})}
+
+
+class Report:
+    """What a training run writes after each epoch besides its checkpoint: log lines, TensorBoard scalars, best.pt
+    and swa.pt, metrics.json and the confusion matrix figure; and its closing summary."""
+
+    def __init__(self, run, model, swa_model, class_names, genotype, recipe, stats):
+        self.run, self.model, self.swa_model, self.class_names, self.recipe = run, model, swa_model, class_names, recipe
+        self.genotype = genotypes.format_genotype(genotype) if genotype else None
+        self.stats = stats
+        self.writer = utils.tensorboard_writer(run)
+
+    def epoch(self, epoch, lr, train_loss, train, last, valid, selection, swa):
+        run, log, best = self.run, self.run.log, selection.best
+        log(f'train_acc {train["accuracy"]:f}, train_balanced_acc {train["balanced_accuracy"]:f}, '
+            f'train_f1 {train["f1"]:f}')
+        if valid is not None:
+            log(f'valid_acc {valid["accuracy"]:f}, valid_balanced_acc {valid["balanced_accuracy"]:f}, '
+                f'valid_f1 {valid["f1"]:f}, valid_loss {valid["loss"]:f}, best valid_acc '
+                f'{best["val_selected"]["val_accuracy"]:f} at epoch {best["val_selected"]["epoch"]}')
+        log(f'test_acc {last["accuracy"]:f}, test_balanced_acc {last["balanced_accuracy"]:f}, '
+            f'test_precision {last["precision"]:f}, test_recall {last["recall"]:f}, test_f1 {last["f1"]:f}, '
+            f'best_acc {best["test_selected"]["accuracy"]:f} at epoch {best["test_selected"]["epoch"]} (test-selected)')
+        run.check_weights(self.model, epoch)
+        if not run.is_main:
+            return
+        validation = {} if valid is None else {'val_loss': valid['loss'], 'val_acc': valid['accuracy'],
+                                               'val_balanced_acc': valid['balanced_accuracy'], 'val_f1': valid['f1']}
+        utils.log_scalars(self.writer, epoch, lr=lr, train_loss=train_loss, test_loss=last['loss'],
+                          train_acc=train['accuracy'], train_f1=train['f1'],
+                          train_balanced_acc=train['balanced_accuracy'], test_acc=last['accuracy'],
+                          test_balanced_acc=last['balanced_accuracy'], test_precision=last['precision'],
+                          test_recall=last['recall'], test_f1=last['f1'], **validation)
+        if best[selection.best_pt]['epoch'] == epoch:
+            run.save_weights(run_folder.BEST, self.model.state_dict())
+        if swa is not None:
+            run.save_weights(run_folder.SWA, self.swa_model.module.state_dict())
+        epochs = run.args.epochs
+        run.write_json(run_folder.METRICS, {
+            'complete': epoch + 1 == epochs, 'epochs_done': epoch + 1, 'epochs': epochs, 'model': run.args.model,
+            'recipe': self.recipe, 'last': last, **selection.records(), **({'swa': swa} if swa is not None else {}),
+            'class_names': self.class_names, **self.stats, 'genotype': self.genotype})
+        visualize.plot_confusion_matrix(last['confusion_matrix'], self.class_names, run.path(run_folder.CONFUSION_MATRIX),
+                                        f'{run.args.dataset} test, epoch {epoch}: accuracy {last["accuracy"]:.2f}%')
+
+    def checkpoint_extra(self, data, args):
+        """What checkpoint.pt holds besides the training state: what rebuilding and feeding the network needs, so that
+        the file alone predicts with the right classes and input."""
+        return {'genotype': self.genotype, 'class_names': self.class_names,
+                'input': {'image_size': args.image_size, 'grayscale': data_loader.grayscale_source(args),
+                          'source_size': data_loader.source_size(args)}}
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+    def summary(self, last, selection, swa):
+        log, best = self.run.log, selection.best
+        line = lambda m: (f'test accuracy {m["accuracy"]:.2f}%, balanced accuracy {m["balanced_accuracy"]:.2f}%, '
+                          f'macro-F1 {m["f1"]:.2f}%')
+        log(f'final {line(last)} (last epoch)')
+        if selection.best_pt == 'val_selected':
+            log(f'validation-selected: {line(best["val_selected"])} at epoch {best["val_selected"]["epoch"]} (best '
+                f'validation accuracy {best["val_selected"]["val_accuracy"]:.2f}%; in best.pt)')
+        if swa is not None:
+            log(f'SWA of epochs {swa_first_epoch(self.run.args)}-{self.run.args.epochs - 1}: {line(swa)} (in swa.pt)')
+        log(f'test-selected: best {line(best["test_selected"])} at epoch {best["test_selected"]["epoch"]} (selected '
+            f'on the test set, optimistic; the released best_acc)' +
+            (f'; results in {self.run.folder}' if self.run.is_main else ''))
+
+
+def swa_first_epoch(args):
+    return int(args.swa_start * args.epochs)
+
+
+def finish_swa(swa_model, loaders, num_classes, amp_dtype, run, log):
     """The averaged weights' BatchNorm statistics, recomputed over one more pass of the training set (as
     CoRes-SE's notebook: torch.optim.swa_utils.update_bn), then their test (and validation) metrics."""
-    train_loader.set_epoch(run.args.epochs)  # a pass of its own, (seed, epoch)-pure like the others
-    update_bn(train_loader, swa_model)
-    swa = measure(swa_model, test_loader, num_classes, amp_dtype, run, 'testing the SWA weights')
-    if val_loader is not None:
-        valid = measure(swa_model, val_loader, num_classes, amp_dtype, run, 'validating the SWA weights')
+    loaders.train.set_epoch(run.args.epochs)  # a pass of its own, (seed, epoch)-pure like the others
+    update_bn(utils.with_progress(loaders.train, utils.Progress(log, 'SWA BatchNorm statistics', loaders.train)),
+              swa_model)
+    swa = utils.evaluation_metrics(swa_model, loaders.test, num_classes, amp_dtype, run, 'testing the SWA weights')
+    if loaders.val is not None:
+        valid = utils.evaluation_metrics(swa_model, loaders.val, num_classes, amp_dtype, run,
+                                         'validating the SWA weights')
         swa.update({f'val_{key}': valid[key] for key in SUMMARY})
     log(f'swa test_acc {swa["accuracy"]:f}, test_balanced_acc {swa["balanced_accuracy"]:f}, test_f1 {swa["f1"]:f} '
         f'({int(swa_model.n_averaged)} epochs averaged)')
     run.check_weights(swa_model, run.args.epochs - 1)
     return swa
-
-
-def read_genotype(args):
-    """The genotype from exactly one of --arch, --genotype, --genotype_file, and the file it was read from."""
-    if args.genotype:
-        return genotypes.parse_genotype(args.genotype), None
-    if args.genotype_file:
-        path = find_genotype_file(args.genotype_file)
-        with open(path) as f:
-            try:
-                return genotypes.parse_genotype(f.read()), path
-            except utils.UserError as e:
-                raise utils.UserError(f'{path}: {e}') from None
-    return genotypes.genotype_by_name(args.arch or 'PCDARTS'), None
 
 
 def network_statistics(model, image_size, device):

@@ -6,8 +6,8 @@ import cli
 import genotypes
 
 parser = cli.training_parser('train_search', __doc__, seed=2, channels_last=False)
-search = parser.add_argument_group('search', 'defaults: those of --method where it sets the flag (README, '
-                                   '"The DARTS family"), else the released code\'s')
+search = parser.add_argument_group('search', 'defaults: those of --method where it sets the flag '
+                                   '(docs/darts_family.md), else the released code\'s')
 search.add_argument('--method', choices=list(genotypes.METHODS), default='gla_fernet',
                     help='the search method: its supernet settings (--op_weights, --edge_weights, --k, --primitives, '
                          '--layers) and recipe are the defaults of the flags not given')
@@ -65,6 +65,7 @@ import torch.nn.functional as F  # noqa: E402
 import data_loader  # noqa: E402
 import model_search_ran_softmax_sigmoid  # noqa: E402
 import model_search_softmax_sigmoid  # noqa: E402
+import run_folder  # noqa: E402
 import utils  # noqa: E402
 import visualize  # noqa: E402
 from architect import Architect  # noqa: E402
@@ -77,13 +78,81 @@ def main(args, log):
     run = utils.Run('search', parser, args, log)
     if run.complete:
         return
-    args, device, rank, world_size = run.args, run.device, run.rank, run.world_size
-
+    args, device = run.args, run.device
     data = data_loader.load_from_args(args, log)
+    num_classes = len(data.train.class_names)
+    train_loader, arch_loader, arch_eval_loader = search_loaders(data, args, run, log)
+
+    model = SUPERNETS[args.sampling](args.init_channels, num_classes, args.layers, image_size=args.image_size,
+                                     **genotypes.supernet_settings(args)).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    log(f'supernet of --method {args.method}: {args.op_weights} op weights, '
+        f'{"softmax edge weights" if args.edge_weights else "no edge weights"}, k={args.k}'
+        f'{f" ({args.sampling} sampling)" if args.k > 1 else ""}, {len(model.primitives)} candidate operations '
+        f'({", ".join(model.primitives)}), {args.layers} cells: '
+        f'{utils.count_parameters(model, model.arch_parameters()) / 1e6:.6f}M weight parameters')
+    optimizer = torch.optim.SGD(model.weight_parameters(), args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
+    amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    grad_sync = utils.all_reduce_ if run.world_size > 1 else None
+    update = utils.WeightUpdate(model.weight_parameters(), optimizer, scaler, args.grad_clip, amp_dtype, grad_sync)
+    forward_model = utils.maybe_compile(model, next(iter(arch_eval_loader))[0], log) if args.compile else model
+    architect = Architect(forward_model, optimizer, args.arch_learning_rate, args.arch_weight_decay, grad_sync)
+
+    run.start()
+    if run.is_main:  # next to genotype.txt: train.py --genotype_file takes the method's discrete network from it
+        run.write_json(run_folder.METHOD, {'method': args.method, 'supernet': {
+            'init_channels': args.init_channels, 'layers': args.layers, 'sampling': args.sampling,
+            **genotypes.supernet_settings(args)}})
+    stateful = {'model': model, 'optimizer': optimizer, 'arch_optimizer': architect.optimizer,
+                'scheduler': scheduler, 'scaler': scaler}
+    start_epoch, best = run.restore(stateful, best={'epoch': -1, 'accuracy': -1.0, 'genotype': None})
+    writer = utils.tensorboard_writer(run)
+    for epoch in range(start_epoch, args.epochs):
+        lr = scheduler.get_last_lr()[0]  # this epoch's, logged as such (the scheduler steps after the epoch)
+        log(f'epoch {epoch} lr {lr:e}')
+        searching = epoch >= args.warmup_epochs
+        arch_batches = cycle(arch_loader, epoch) if searching else None  # none fetched in warm-up
+
+        def step(x, y):
+            return search_step(forward_model, architect, update, (x, y), next(arch_batches) if searching else None,
+                               args.unrolled)
+
+        forward_model.train()
+        train_loader.set_epoch(epoch)
+        progress = utils.Progress(log, f'train {epoch}', train_loader, args.report_freq, epoch, args.epochs)
+        train_loss, train_matrix = utils.run_epoch(step, train_loader, num_classes, progress)
+        run.check_loss(train_loss, f'search epoch {epoch}')
+        scheduler.step()
+        arch_eval = utils.evaluation_metrics(forward_model, arch_eval_loader, num_classes, amp_dtype, run,
+                                             f'validation after search epoch {epoch}')
+        genotype = format_genotype(model.genotype())
+        # Warm-up epochs leave the architecture at its random initialisation: their genotypes are no candidates.
+        if searching and arch_eval['accuracy'] > best['accuracy']:
+            best = {'epoch': epoch, 'accuracy': arch_eval['accuracy'], 'genotype': genotype}
+        report_epoch(log, writer, run, model, epoch, lr, train_loss, train_matrix.compute(), arch_eval, best,
+                     searching, genotype)
+        run.save(epoch, best, stateful)
+
+    if writer is not None:
+        writer.close()
+    log(f'best architecture-validation accuracy {best["accuracy"]:f} at epoch {best["epoch"]}')
+    log(f'best genotype = {best["genotype"]}')
+    if run.is_main:
+        log(f'genotype written to {run.path(run_folder.GENOTYPE)}; train it with: '
+            f'python train.py --genotype_file {run.folder} {cli.data_flags(args)}')
+
+
+def search_loaders(data, args, run, log):
+    """The loaders of weight steps and of architecture steps (shuffled, augmented), and the architecture steps'
+    images once in order without augmentation, on which each epoch's genotype is validated: a held-out part of the
+    training set, or the test set under --protocol released."""
     train_set, test_set = data.train, data.test
-    num_classes = len(train_set.class_names)
-    loader_args = dict(device=device, image_size=args.image_size, seed=args.seed, rank=rank, world_size=world_size,
-                       channels_last=args.channels_last)
+    loader_args = dict(device=run.device, image_size=args.image_size, seed=args.seed, rank=run.rank,
+                       world_size=run.world_size, channels_last=args.channels_last)
     if args.protocol == 'released':
         log('WARNING: --protocol released takes architecture steps on the TEST set, as the released code did; '
             'test accuracies of the searched network are then biased. Use --protocol split for unbiased numbers.')
@@ -100,93 +169,12 @@ def main(args, log):
                                             drop_last=True, **loader_args)
     arch_loader = data_loader.DeviceLoader(arch_images, arch_labels, args.batch_size, augment=arch_augment,
                                            shuffle=True, drop_last=True, **loader_args)
-    valid_loader = data_loader.DeviceLoader(arch_images, arch_labels, args.batch_size, **loader_args)
+    arch_eval_loader = data_loader.DeviceLoader(arch_images, arch_labels, args.batch_size, **loader_args)
     data_loader.check_batches(train_loader, 'the set for weight steps', weight_fix)
     data_loader.check_batches(arch_loader, 'the set for architecture steps', arch_fix)
     log(f'{args.dataset}: {len(weight_labels)} images for weight steps, {len(arch_labels)} for architecture steps '
         f'({"test set" if args.protocol == "released" else "held-out training split"}), {len(test_set.labels)} test images')
-
-    model = SUPERNETS[args.sampling](args.init_channels, num_classes, args.layers, image_size=args.image_size,
-                                     **supernet_settings(args)).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    log(f'supernet of --method {args.method}: {args.op_weights} op weights, '
-        f'{"softmax edge weights" if args.edge_weights else "no edge weights"}, k={args.k}'
-        f'{f" ({args.sampling} sampling)" if args.k > 1 else ""}, {len(model.primitives)} candidate operations '
-        f'({", ".join(model.primitives)}), {args.layers} cells: '
-        f'{utils.count_parameters(model, model.arch_parameters()) / 1e6:.6f}M weight parameters')
-    optimizer = torch.optim.SGD(model.weight_parameters(), args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
-    amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    grad_sync = utils.all_reduce_ if world_size > 1 else None
-    update = utils.WeightUpdate(model.weight_parameters(), optimizer, scaler, args.grad_clip, amp_dtype, grad_sync)
-    forward_model = utils.maybe_compile(model, next(iter(valid_loader))[0], log) if args.compile else model
-    architect = Architect(forward_model, optimizer, args.arch_learning_rate, args.arch_weight_decay, grad_sync)
-
-    run.start()
-    if run.is_main:  # next to genotype.txt: train.py --genotype_file takes the method's discrete network from it
-        utils.write_json(run.path(genotypes.METHOD_FILE), {'method': args.method, 'supernet': {
-            'init_channels': args.init_channels, 'layers': args.layers, 'sampling': args.sampling,
-            **supernet_settings(args)}})
-    stateful = {'model': model, 'optimizer': optimizer, 'arch_optimizer': architect.optimizer,
-                'scheduler': scheduler, 'scaler': scaler}
-    start_epoch, best = run.restore(stateful, best={'epoch': -1, 'accuracy': -1.0, 'genotype': None})
-    writer = utils.tensorboard_writer(run)
-    for epoch in range(start_epoch, args.epochs):
-        log(f'epoch {epoch} lr {scheduler.get_last_lr()[0]:e}')
-        searching = epoch >= args.warmup_epochs
-        arch_batches = cycle(arch_loader, epoch) if searching else None  # none fetched in warm-up
-
-        def step(x, y):
-            return search_step(forward_model, architect, update, (x, y), next(arch_batches) if searching else None,
-                               args.unrolled)
-
-        forward_model.train()
-        train_loader.set_epoch(epoch)
-        progress = utils.Progress(log, f'train {epoch}', train_loader, args.report_freq, epoch, args.epochs)
-        train_loss, train_matrix = utils.run_epoch(step, train_loader, num_classes, progress)
-        run.check_loss(train_loss, f'search epoch {epoch}')
-        scheduler.step()
-        valid_loss, valid_matrix = utils.evaluate(forward_model, valid_loader, num_classes, amp_dtype)
-        run.check_loss(valid_loss, f'validation after search epoch {epoch}')
-        train_metrics, valid_metrics = train_matrix.compute(), valid_matrix.compute()
-        genotype = format_genotype(model.genotype())
-        # Warm-up epochs leave the architecture at its random initialisation: their genotypes are no candidates.
-        if searching and valid_metrics['accuracy'] > best['accuracy']:
-            best = {'epoch': epoch, 'accuracy': valid_metrics['accuracy'], 'genotype': genotype}
-        log(f'train_acc {train_metrics["accuracy"]:f}, train_balanced_acc {train_metrics["balanced_accuracy"]:f}, '
-            f'train_f1 {train_metrics["f1"]:f}')
-        log(f'valid_acc {valid_metrics["accuracy"]:f}, valid_balanced_acc {valid_metrics["balanced_accuracy"]:f}, '
-            f'valid_f1 {valid_metrics["f1"]:f}, ' +
-            (f'best_acc {best["accuracy"]:f} at epoch {best["epoch"]}' if searching else
-             f'warm-up epoch {epoch + 1} of {args.warmup_epochs}: no architecture step yet'))
-        log(f'genotype = {genotype}')
-        run.check_weights(model, epoch)
-        if run.is_main:
-            utils.log_scalars(writer, epoch, lr=scheduler.get_last_lr()[0], train_loss=train_loss.average(),
-                              valid_loss=valid_loss.average(), train_acc=train_metrics['accuracy'],
-                              train_f1=train_metrics['f1'], valid_acc=valid_metrics['accuracy'],
-                              valid_f1=valid_metrics['f1'])
-            log_architecture(writer, model, epoch)
-            utils.write_epoch_record(run.path(utils.ARCHITECTURE_WEIGHTS_FILE), epoch, model.architecture_weights())
-            if best['epoch'] == epoch:
-                write_genotype(run, best['genotype'])
-        run.save(epoch, best, stateful)
-
-    if writer is not None:
-        writer.close()
-    log(f'best architecture-validation accuracy {best["accuracy"]:f} at epoch {best["epoch"]}')
-    log(f'best genotype = {best["genotype"]}')
-    if run.is_main:
-        log(f'genotype written to {run.path("genotype.txt")}; train it with: '
-            f'python train.py --genotype_file {run.folder} {cli.data_flags(args)}')
-
-
-def supernet_settings(args):
-    """The Network arguments that make the supernet of a method (genotypes.METHODS)."""
-    return dict(k=args.k, op_weights=args.op_weights, edge_weights=args.edge_weights, primitives=args.primitives)
+    return train_loader, arch_loader, arch_eval_loader
 
 
 def cycle(loader, epoch):
@@ -216,13 +204,27 @@ def search_step(model, architect, update, batch, arch_batch, unrolled):
     return logits.detach(), loss.detach()
 
 
-def write_genotype(run, genotype_text):
-    """genotype.txt (one line that train.py --genotype_file reads) and the cell diagrams of the best genotype."""
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            f.write(genotype_text + '\n')
-    utils.atomic_write(run.path('genotype.txt'), write)
-    visualize.plot_genotype(genotype_text, run.folder)
+def report_epoch(log, writer, run, model, epoch, lr, train_loss, train_metrics, arch_eval, best, searching, genotype):
+    """An epoch's log lines, TensorBoard scalars and architecture weights, and (in an epoch that found a better
+    genotype) genotype.txt with its cell diagrams."""
+    log(f'train_acc {train_metrics["accuracy"]:f}, train_balanced_acc {train_metrics["balanced_accuracy"]:f}, '
+        f'train_f1 {train_metrics["f1"]:f}')
+    log(f'valid_acc {arch_eval["accuracy"]:f}, valid_balanced_acc {arch_eval["balanced_accuracy"]:f}, '
+        f'valid_f1 {arch_eval["f1"]:f}, ' +
+        (f'best_acc {best["accuracy"]:f} at epoch {best["epoch"]}' if searching else
+         f'warm-up epoch {epoch + 1} of {run.args.warmup_epochs}: no architecture step yet'))
+    log(f'genotype = {genotype}')
+    run.check_weights(model, epoch)
+    if not run.is_main:
+        return
+    utils.log_scalars(writer, epoch, lr=lr, train_loss=train_loss.average(), valid_loss=arch_eval['loss'],
+                      train_acc=train_metrics['accuracy'], train_f1=train_metrics['f1'],
+                      valid_acc=arch_eval['accuracy'], valid_f1=arch_eval['f1'])
+    log_architecture(writer, model, epoch)
+    run.write_epoch_record(run_folder.ARCHITECTURE_WEIGHTS, epoch, model.architecture_weights())
+    if best['epoch'] == epoch:  # genotype.txt: one line that train.py --genotype_file reads
+        run.write_text(run_folder.GENOTYPE, best['genotype'] + '\n')
+        visualize.plot_genotype(best['genotype'], run.folder)
 
 
 def log_architecture(writer, model, epoch):

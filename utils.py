@@ -1,7 +1,7 @@
 """What train_search.py and train.py share: the runtime (device, processes, seeds, precision), the run folder (log,
 arguments, checkpoints, resume), one epoch with its progress and metrics, and model statistics."""
 import contextlib
-import json
+import importlib.metadata
 import os
 import platform
 import random
@@ -20,7 +20,10 @@ import torch.distributed.nn  # noqa: F401
 import torch.nn.functional as F
 
 import cli
-from cli import UserError
+import run_folder
+from errors import UserError
+
+RESUME_ADVICE = 'then continue with --resume'  # what to do once a failed write of a run's file is fixed
 
 
 # ==========================================================================================================
@@ -63,6 +66,23 @@ def all_reduce_(tensors, average=True):
     for t in tensors:
         t.copy_(flat[offset:offset + t.numel()].view_as(t))
         offset += t.numel()
+
+
+def set_threads(threads, device, log, world_size=1):
+    """Use `threads` CPU threads (None: torch's default), and say once when the processes use more threads than the
+    machine has free cores: oversubscribed cores made a 2-core machine's search epoch 20 times slower."""
+    if threads:
+        torch.set_num_threads(threads)
+    if device.type != 'cpu' or not hasattr(os, 'getloadavg'):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    load = os.getloadavg()[0]  # processes running or waiting over the last minute: mostly other programs' at start
+    free = max(1, cores - round(load))
+    used = torch.get_num_threads() * world_size
+    if used > free:
+        log(f'warning: {used} CPU threads for {cores} cores of which about {free} are free (load average {load:.1f}): '
+            f'each step can be many times slower than on a quiet machine; give --threads {max(1, free // world_size)} '
+            f'(or set OMP_NUM_THREADS), or wait for the machine to be quiet')
 
 
 def set_seed(seed, deterministic=False):
@@ -172,7 +192,7 @@ class Log:
     def attach(self, folder):
         """Start writing into folder/log.txt (appending on resume), with the lines logged so far."""
         self.folder = folder
-        self.file = open(os.path.join(folder, 'log.txt'), 'a')
+        self.file = open(os.path.join(folder, run_folder.LOG), 'a')
         for line in self.pending:
             self._write(line)
         self.pending = []
@@ -185,10 +205,6 @@ class Log:
         if self.enabled and self.file is not None:
             with contextlib.suppress(OSError):  # the error may be a full disk
                 self._write(f'{time.strftime(self.TIME_FORMAT)} error: {message}')
-
-
-FAILED_MARKER = 'FAILED'  # a file in the run folder of a run that stopped with an error; it holds the error
-ARCHITECTURE_WEIGHTS_FILE = 'architecture_weights.json'  # a search's op and edge weights after every epoch
 
 
 def run_main(main, args):
@@ -204,7 +220,7 @@ def run_main(main, args):
     try:
         main(args, log)
     except KeyboardInterrupt:
-        has_checkpoint = log.folder and os.path.isfile(os.path.join(log.folder, 'checkpoint.pt'))
+        has_checkpoint = log.folder and os.path.isfile(os.path.join(log.folder, run_folder.CHECKPOINT))
         log.error('interrupted; ' + (f'continue with --resume {log.folder}' if has_checkpoint else
                                      'no checkpoint had been written yet'))
         sys.exit(130)
@@ -225,22 +241,7 @@ def run_main(main, args):
 def _mark_failed(log, message):
     if log.enabled and log.folder is not None:
         with contextlib.suppress(OSError):
-            with open(os.path.join(log.folder, FAILED_MARKER), 'w') as f:
-                f.write(message + '\n')
-
-
-def create_run_folder(prefix, save, dataset):
-    """A new folder `prefix-save-dataset-time`; runs started in the same second get -2, -3, ... (mkdir is atomic,
-    so two runs never share a folder)."""
-    base = f'{prefix}-{save}-{dataset}-{time.strftime("%Y%m%d-%H%M%S")}'
-    for n in range(1, 10_000):
-        path = base if n == 1 else f'{base}-{n}'
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            continue
-    raise UserError(f'could not create a new run folder next to {base}; remove old run folders')
+            run_folder.write_text(os.path.join(log.folder, run_folder.FAILED), message + '\n')
 
 
 def environment_lines(device):
@@ -254,9 +255,10 @@ def environment_lines(device):
 
 
 def _version(package):
+    """An installed package's version, read from its metadata (importing torchvision would take a second)."""
     try:
-        return __import__(package).__version__
-    except ImportError:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
         return 'not installed'
 
 
@@ -271,68 +273,6 @@ def git_commit():
     if commit.returncode:
         return None
     return commit.stdout.strip() + (' (with uncommitted changes)' if dirty.stdout.strip() else '')
-
-
-def atomic_write(path, write):
-    """write(tmp) then rename tmp to path: a kill or a full disk never leaves `path` half-written.
-
-    On a failed write (disk full, permissions) the partial file is removed and the error says that the previous
-    `path`, if any, is intact."""
-    tmp = f'{path}.tmp'
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-        previous = (f'the previous {os.path.basename(path)} is intact' if os.path.exists(path)
-                    else f'there was no earlier {os.path.basename(path)}')
-        raise UserError(f'could not write {path} ({reason}); {previous}, and the partial {tmp} was removed. '
-                        f'Free some disk space (or fix the folder\'s permissions), then continue with --resume') from None
-
-
-def write_json(path, data):
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            json.dump(data, f, indent=2)
-    atomic_write(path, write)
-
-
-def write_epoch_record(path, epoch, record):
-    """Add {'epoch': epoch, **record} to the JSON list in `path`, replacing the records of this and later epochs (a
-    resumed run repeats the epochs after its checkpoint), atomically: one file per run that holds a history."""
-    records = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            records = [r for r in json.load(f) if r['epoch'] < epoch]
-    write_json(path, records + [{'epoch': epoch, **record}])
-
-
-def save_checkpoint(state, path):
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path, kind):
-    """The checkpoint file at path (or inside the run folder path) of a `kind` run, and its folder."""
-    if os.path.isdir(path):
-        path = os.path.join(path, 'checkpoint.pt')
-    if not os.path.isfile(path):
-        raise UserError(f'cannot resume: {path} does not exist (give a run folder holding checkpoint.pt, or the file); '
-                        f'a run that stopped before its first epoch ended has none: start it again')
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- whatever is in the file, it is not a checkpoint we can use
-        raise UserError(f'cannot resume: {path} is not a readable checkpoint ({type(e).__name__}: {e})') from None
-    if not isinstance(checkpoint, dict) or 'args' not in checkpoint or 'epoch' not in checkpoint:
-        raise UserError(f'cannot resume: {path} is not a checkpoint of this repository (a weights file?); '
-                        f'give the run folder of train.py or train_search.py')
-    found = checkpoint.get('kind', 'search' if 'arch_optimizer' in checkpoint else 'eval')
-    if found != kind:
-        script = {'search': 'train_search.py', 'eval': 'train.py'}
-        raise UserError(f'cannot resume: {path} belongs to a {script[found]} run; resume it with '
-                        f'python {script[found]} --resume {os.path.dirname(os.path.abspath(path))}')
-    return checkpoint, os.path.dirname(os.path.abspath(path))
 
 
 def nonfinite_entries(state_dict):
@@ -357,7 +297,7 @@ class Run:
         self.folder = self.checkpoint = None
         self.saved_epoch, self.checked_epoch = 0, None
         if args.resume:
-            self.checkpoint, self.folder = load_checkpoint(args.resume, kind)
+            self.checkpoint, self.folder = run_folder.load_checkpoint(args.resume, kind)
             args = cli.resumed_args(parser, self.checkpoint['args'])
             self.saved_epoch = self.checkpoint['epoch']
         self.args = args
@@ -365,6 +305,7 @@ class Run:
         if self.complete:
             log(f'{self.folder} is complete: its {args.epochs} epochs were run; nothing to do', to_file=False)
             return
+        set_threads(getattr(args, 'threads', None), self.device, log, self.world_size)
         for line in environment_lines(self.device):
             log(line)
         set_seed(args.seed, args.deterministic)
@@ -385,11 +326,11 @@ class Run:
         """Create the run folder (or reopen the resumed one), attach log.txt, record the arguments."""
         if self.is_main:
             if self.folder is None:
-                self.folder = create_run_folder(self.kind, self.args.save, self.args.dataset)
+                self.folder = run_folder.create(self.kind, self.args.save, self.args.dataset)
             with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path(FAILED_MARKER))  # a resumed run is no longer failed
+                os.remove(self.path(run_folder.FAILED))  # a resumed run is no longer failed
             self.log.attach(self.folder)
-            write_json(self.path('args.json'), vars(self.args))
+            self.write_json(run_folder.ARGS, {'kind': self.kind, **vars(self.args)})
         self.log(f'args = {vars(self.args)}' + (f' (resumed from {self.args.resume})' if self.args.resume else ''))
 
     def restore(self, stateful, best):
@@ -431,10 +372,26 @@ class Run:
         assert self.checked_epoch == epoch, 'check_weights(model, epoch) must come before save'
         if self.is_main:
             states = {name: obj.state_dict() for name, obj in stateful.items()}
-            save_checkpoint(states['model'], self.path('weights.pt'))
-            save_checkpoint({'kind': self.kind, 'epoch': epoch + 1, 'best': best, **states, 'rng': rng_states(),
-                             'args': vars(self.args), **extra}, self.path('checkpoint.pt'))
+            self.save_weights(run_folder.WEIGHTS, states['model'])
+            self.save_weights(run_folder.CHECKPOINT, {'kind': self.kind, 'epoch': epoch + 1, 'best': best, **states,
+                                                      'rng': rng_states(), 'args': vars(self.args), **extra})
         self.saved_epoch = epoch + 1
+
+    def save_weights(self, name, state):
+        """torch.save into the run folder, atomically."""
+        run_folder.atomic_write(self.path(name), lambda tmp: torch.save(state, tmp), RESUME_ADVICE)
+
+    def write_json(self, name, data):
+        run_folder.write_json(self.path(name), data, RESUME_ADVICE)
+
+    def write_text(self, name, text):
+        run_folder.write_text(self.path(name), text, RESUME_ADVICE)
+
+    def write_epoch_record(self, name, epoch, record):
+        """Add {'epoch': epoch, **record} to the JSON list in the run folder's file `name`, replacing the records of
+        this and later epochs (a resumed run repeats the epochs after its checkpoint): one file holds a history."""
+        records, _ = run_folder.read_optional_json(self.path(name), expect=list)
+        self.write_json(name, [r for r in records or [] if r['epoch'] < epoch] + [{'epoch': epoch, **record}])
 
 
 def tensorboard_writer(run):
@@ -442,7 +399,7 @@ def tensorboard_writer(run):
     if not run.is_main:
         return None
     from torch.utils.tensorboard import SummaryWriter  # slow to import, and only process 0 needs it
-    return SummaryWriter(run.path('tensorboard'))
+    return SummaryWriter(run.path(run_folder.TENSORBOARD))
 
 
 def log_scalars(writer, step, **scalars):
@@ -521,30 +478,34 @@ def duration(seconds):
 
 
 class Progress:
-    """Progress lines of an epoch: every `report_freq` steps in the log, and on the console at least every
-    REPORT_SECONDS, with images/s and the time left in the epoch and in the run. Reading the loss and accuracy
-    syncs with the device, so lines are only made here."""
+    """Progress lines of a pass over a loader: every `report_freq` steps in the log, and on the console at least every
+    REPORT_SECONDS, with images/s and the time left in the pass and, for an epoch of training, in the run. Reading the
+    loss and accuracy syncs with the device, so lines are only made here. report_freq None: console lines only (an
+    evaluation)."""
 
     REPORT_SECONDS = 30
 
-    def __init__(self, log, prefix, loader, report_freq, epoch, epochs, clock=time.perf_counter):
+    def __init__(self, log, prefix, loader, report_freq=None, epoch=0, epochs=None, clock=time.perf_counter):
         self.log, self.prefix, self.report_freq, self.clock = log, prefix, report_freq, clock
         self.steps, self.images_per_step = len(loader), loader.batch_size * loader.world_size
-        self.steps_left_after_epoch = (epochs - epoch - 1) * self.steps
+        self.steps_left_after_epoch = None if epochs is None else (epochs - epoch - 1) * self.steps
         self.start = self.last = clock()
 
-    def __call__(self, step, loss_meter, matrix):
+    def __call__(self, step, loss_meter=None, matrix=None):
         now = self.clock()
-        by_step = step % self.report_freq == 0 or step == self.steps - 1
+        by_step = self.report_freq is not None and (step % self.report_freq == 0 or step == self.steps - 1)
         if not by_step and now - self.last < self.REPORT_SECONDS:
             return
         self.last = now
         seconds_per_step = (now - self.start) / (step + 1)
-        epoch_left = seconds_per_step * (self.steps - step - 1)
-        run_left = epoch_left + seconds_per_step * self.steps_left_after_epoch
-        self.log(f'{self.prefix} {step:03d}/{self.steps} loss {loss_meter.average():.4e} acc {matrix.accuracy():.2f} '
-                 f'{self.images_per_step / max(seconds_per_step, 1e-9):.1f} img/s, epoch left {duration(epoch_left)}, '
-                 f'run left ~{duration(run_left)}', to_file=by_step)
+        left = seconds_per_step * (self.steps - step - 1)
+        run_left = ('' if self.steps_left_after_epoch is None else
+                    f', run left ~{duration(left + seconds_per_step * self.steps_left_after_epoch)}')
+        figures = '' if loss_meter is None else f' loss {loss_meter.average():.4e} acc {matrix.accuracy():.2f}'
+        self.log(f'{self.prefix} {step:03d}/{self.steps}{figures} '
+                 f'{self.images_per_step / max(seconds_per_step, 1e-9):.1f} img/s, '
+                 f'{"epoch" if self.report_freq is not None else "pass"} left {duration(left)}{run_left}',
+                 to_file=by_step)
 
 
 @dataclass
@@ -591,18 +552,35 @@ def main_logits(output):
     return output[0] if isinstance(output, tuple) else output
 
 
-def evaluate(model, loader, num_classes, amp_dtype=None):
+def evaluate(model, loader, num_classes, amp_dtype=None, progress=None):
     """Loss and confusion matrix over a loader (all processes together under torchrun), in eval mode."""
     model.eval()
     loss_meter, matrix = LossMeter(loader.device), ConfusionMatrix(num_classes, loader.device)
     with torch.no_grad(), autocast(loader.device, amp_dtype):
-        for x, y in loader:
+        for i, (x, y) in enumerate(loader):
             logits = main_logits(model(x))
             loss_meter.update(F.cross_entropy(logits.float(), y), len(y))
             matrix.update(logits, y)
+            if progress is not None:
+                progress(i, loss_meter, matrix)
     loss_meter.all_reduce()
     matrix.all_reduce()
     return loss_meter, matrix
+
+
+def evaluation_metrics(model, loader, num_classes, amp_dtype, run, what):
+    """The metrics of `what` ('testing after epoch 3'), with its loss: a pass in eval mode that says how far it is
+    every Progress.REPORT_SECONDS; a non-finite loss stops the run."""
+    loss, matrix = evaluate(model, loader, num_classes, amp_dtype, Progress(run.log, what, loader))
+    run.check_loss(loss, what)
+    return {**matrix.compute(), 'loss': loss.average()}
+
+
+def with_progress(loader, progress):
+    """The batches of `loader`, reporting progress (no loss or accuracy: a pass that computes neither)."""
+    for i, batch in enumerate(loader):
+        yield batch
+        progress(i)
 
 
 # ==========================================================================================================

@@ -7,8 +7,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.path import Path
-from matplotlib.ticker import EngFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import EngFormatter, FixedLocator, MaxNLocator, NullFormatter
 
+import run_folder
 from genotypes import PRIMITIVES, parse_genotype
 
 PNG_DPI = 150
@@ -19,16 +20,15 @@ MARKERS = 'osD^vP*Xph<>'
 
 
 def save_figure(figure, path):
-    """`path` as PNG and, beside it, the same name as PDF (vector, for a paper); each written to a temporary name and
-    renamed, so a kill never leaves half a picture."""
+    """`path` as PNG and, beside it, the same name as PDF (vector, for a paper); each written atomically (a kill never
+    leaves half a picture, and reports drawing into one folder at once never collide)."""
     stem = os.path.splitext(path)[0]
     if figure.get_layout_engine() is not None:
         figure.draw_without_rendering()  # lay out once, not once per file: it costs more than drawing
         figure.set_layout_engine('none')
     for extension, dpi in (('png', PNG_DPI), ('pdf', None)):
-        target = f'{stem}.{extension}'
-        figure.savefig(f'{target}.tmp', format=extension, dpi=dpi, facecolor='white')
-        os.replace(f'{target}.tmp', target)
+        run_folder.atomic_write(f'{stem}.{extension}', lambda tmp: figure.savefig(tmp, format=extension, dpi=dpi,
+                                                                                 facecolor='white'))
 
 
 def op_colour(name):
@@ -170,8 +170,10 @@ def plot_confusion_matrix(matrix, class_names, path, title=''):
 
 def plot_training_curves(curves, path, title='', warmup_epochs=0):
     """Loss and accuracy per epoch: `curves` maps 'train_loss', 'test_acc', ... (the TensorBoard scalars of a run)
-    to (epochs, values); each split is one line in both panels. Warm-up epochs of a search are shaded."""
-    figure = Figure(figsize=(9, 3.4), layout='constrained')
+    to (epochs, values); each split is one line in both panels, named once in a legend below them (inside, it would
+    cover the curves). Warm-up epochs of a search are shaded."""
+    figure = Figure(figsize=(9, 3.7), layout='constrained')
+    handles = {}
     names = {'train': 'training set', 'test': 'test set', 'valid': 'held-out split (architecture steps)',
              'val': 'validation split'}
     for k, (quantity, label) in enumerate((('loss', 'cross-entropy loss'), ('acc', 'accuracy (%)'))):
@@ -186,7 +188,10 @@ def plot_training_curves(curves, path, title='', warmup_epochs=0):
         ax.set_xlabel('epoch')
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    figure.legend(list(handles.values()), list(handles), loc='outside lower center', ncol=len(handles), fontsize=8,
+                  frameon=False)
     if title:
         figure.suptitle(title, fontsize=10)
     save_figure(figure, path)
@@ -260,16 +265,40 @@ def plot_architecture_weights(history, cell, path, title='', warmup_epochs=0, ge
     save_figure(figure, path)
 
 
+# Sizes of the accuracy-versus-cost figure, in inches; a legend entry is about its marker plus its characters wide at
+# font size 8 (DejaVu Sans), which sets how many columns fit in the figure's width.
+PANEL_WIDTH, PANEL_HEIGHT, MIN_WIDTH = 3.6, 3.4, 6.4
+LEGEND_MARKER, LEGEND_CHARACTER, LEGEND_ROW = 0.6, 0.068, 0.22
+COST_MARGIN = 0.08  # of the cost range (in log space) left free on each side
+
+
+def cost_ticks(low, high):
+    """Round values to mark on a log axis from `low` to `high`, never crowded: powers of ten where they give three
+    ticks or more, else 1-2-5 per decade, else (a range under a decade, where matplotlib's log locator falls back to
+    many linear ticks) at most five evenly spaced round values."""
+    decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+    for mantissas in ((1,), (1, 2, 5)):
+        ticks = [m * 10.0 ** d for d in decades for m in mantissas if low <= m * 10.0 ** d <= high]
+        if len(ticks) >= 3:
+            return ticks
+    return [t for t in MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(low, high) if low <= t <= high]
+
+
 def plot_accuracy_versus_cost(points, cost, path, accuracy_label):
     """Accuracy against parameters or multiply-adds (log scale), one panel per dataset and noise level.
 
-    points: dicts with 'model', 'panel' (its title), the cost `cost` ('params' or 'macs'), 'accuracy', 'std' (over
-    seeds; None for one run) and 'runs'. Each model keeps its marker in every panel; the Pareto front (the models
-    that no other is both smaller than and at least as accurate as) is the dashed line."""
+    points: dicts with 'model' (its legend entry: keep it short), 'panel' (its title), the cost `cost` ('params' or
+    'macs'), 'accuracy', 'std' (over seeds; None for one run) and 'runs'. Each model keeps its marker in every panel;
+    the Pareto front (the models that no other is both smaller than and at least as accurate as) is the dashed line.
+    The legend goes below the panels, in as many columns as fit, so that it never narrows or covers them."""
     panels = sorted({p['panel'] for p in points})
     models = sorted({p['model'] for p in points})
-    figure = Figure(figsize=(1.2 + 3.8 * len(panels), 3.8), layout='constrained')
-    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    width = max(MIN_WIDTH, 1.0 + PANEL_WIDTH * len(panels))
+    entries = models + ['Pareto front']
+    columns = max(1, min(len(entries), int(width // (LEGEND_MARKER + LEGEND_CHARACTER * max(map(len, entries))))))
+    rows = -(-len(entries) // columns)
+    figure = Figure(figsize=(width, PANEL_HEIGHT + LEGEND_ROW * (rows + 1)), layout='constrained')
+    axes = figure.subplots(1, len(panels), sharex=True, sharey=True, squeeze=False)[0]
     for ax, panel in zip(axes, panels):
         here = sorted((p for p in points if p['panel'] == panel), key=lambda p: (p[cost], -p['accuracy']))
         for p in here:
@@ -284,19 +313,24 @@ def plot_accuracy_versus_cost(points, cost, path, accuracy_label):
         if len(front) > 1:
             ax.plot([p[cost] for p in front], [p['accuracy'] for p in front], ls='--', color='0.4', lw=1, zorder=0,
                     label='Pareto front')
-        ax.set_xscale('log')
-        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-        ax.xaxis.set_major_formatter(EngFormatter(sep=''))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.margins(x=0.25, y=0.15)
         ax.set_title(panel, fontsize=10)
-        ax.set_xlabel('parameters' if cost == 'params' else 'multiply-adds (MACs) per image')
         ax.grid(alpha=0.3, which='both')
-    axes[0].set_ylabel(accuracy_label)
-    handles, labels = {}, []
+        ax.tick_params(labelsize=8)
+        ax.set_xlabel('parameters' if cost == 'params' else 'multiply-adds (MACs) per image', fontsize=9)
+    low, high = min(p[cost] for p in points), max(p[cost] for p in points)
+    pad = max((high / low) ** COST_MARGIN, 1.2)  # room for the markers at both ends, also for a single point
+    axes[0].set_xscale('log')  # shared: every panel
+    axes[0].set_xlim(low / pad, high * pad)
+    axes[0].xaxis.set_major_locator(FixedLocator(cost_ticks(low / pad, high * pad)))
+    axes[0].xaxis.set_major_formatter(EngFormatter(sep=''))  # 500k, 2.5M, 1G
+    axes[0].xaxis.set_minor_formatter(NullFormatter())
+    axes[0].margins(y=0.15)
+    axes[0].set_ylabel(accuracy_label, fontsize=9)
+    handles = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    figure.legend(list(handles.values()), list(handles), loc='outside right upper', fontsize=8,
-                  title='mean ± std over seeds', title_fontsize=8)
+    labels = [label for label in entries if label in handles]  # the models in order, then the front
+    figure.legend([handles[label] for label in labels], labels, loc='outside lower center', ncol=columns, fontsize=8,
+                  title='mean ± std over seeds', title_fontsize=8, frameon=False)
     save_figure(figure, path)

@@ -1,6 +1,5 @@
-"""baselines.py: the hand-designed FER networks against BASELINES.md (exact sizes, building blocks, inference rules),
+"""baselines.py: the hand-designed FER networks against docs/baselines.md (exact sizes, building blocks, inference rules),
 their ImageNet weights, and benchmark.py measuring one of them alone."""
-import argparse
 import json
 
 import pytest
@@ -8,18 +7,19 @@ import torch
 
 import baselines
 import benchmark
+import cli
+import genotypes
 import recipes
 import utils
-from cli import UserError
-from model_search_softmax_sigmoid import channel_shuffle
-from operations import StridedPointwise
+from errors import UserError
+from operations import StridedPointwise, channel_shuffle
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.mark.parametrize('name, options, params, weights', [
     ('fgw_fer', {}, 64_176, None),
-    ('fgw_fer', {'all_conv': True}, 321_696, None),  # the paper's 321,816 is 120 more (BASELINES.md 4.2)
+    ('fgw_fer', {'all_conv': True}, 321_696, None),  # the paper's 321,816 is 120 more (docs/baselines.md "FGW-FER")
     ('shufflenet_v2', {}, 1_260_779, 1_244_592),  # RLR-CNet Table 3's "1.24" counts conv+FC weights
     ('rlr_cnet', {}, 1_027_457, 1_014_344),
     ('rlr_cnet', {'split': 'literal'}, 1_746_849, 1_727_976),
@@ -46,14 +46,16 @@ def test_strided_pointwise_convolution_equals_the_strided_one_and_trains_channel
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
 
 
-def test_model_names_are_the_same_without_torch():
-    assert set(recipes.MODELS) == set(baselines.MODELS)
-    assert set(recipes.PRETRAINED_MODELS) == set(baselines.PRETRAINED)
-    assert set(recipes.TWO_BRANCH_MODELS) == {'rlr_cnet'}
-    for name in recipes.MODELS:  # every model is rebuilt from a run's arguments alone (predict.py, benchmark.py)
-        if name != 'gla_fernet':
-            args = argparse.Namespace(model=name)  # a run from before its flags existed: their defaults
-            assert isinstance(baselines.model_options(args), dict)
+def test_every_model_is_rebuilt_from_a_runs_arguments():
+    """predict.py and benchmark.py rebuild a network from args.json alone; a run from before a model's flags existed
+    gets their defaults (cli.resumed_args), and every model's pretrained backbones name torchvision weights."""
+    import train
+    for name, entry in recipes.MODELS.items():
+        args = cli.resumed_args(train.parser, {'model': name}, argv=[])
+        options = baselines.model_options(args, genotypes.GLA_FERNet)
+        assert set(options) == set(entry.options) | ({'genotype'} if entry.genotype else set())
+        assert len(baselines.pretrained_weights(name)) == len(entry.pretrained)
+    assert [n for n, m in recipes.MODELS.items() if m.two_branch] == ['rlr_cnet']
 
 
 def test_beta_mish_values():
@@ -107,7 +109,8 @@ def cores_se():
 
 def test_cores_se_parameter_counts_and_224_pixel_shapes(cores_se):
     assert utils.count_parameters(cores_se) == 53_763_751
-    assert utils.count_parameters(baselines.create_model('cores_se', 8)) == 53_764_264
+    # 8 classes: one more row of the last Linear (512 weights and a bias)
+    assert cores_se.classifier[-1].in_features == 512 and 53_763_751 + 512 + 1 == 53_764_264
     with torch.no_grad():
         x = torch.randn(1, 3, 224, 224)
         assert cores_se.resnet(x).shape == (1, 2048) and cores_se.convnext(x).shape == (1, 768, 1, 1)
@@ -126,8 +129,9 @@ def test_cores_se_prediction_depends_on_the_rest_of_the_batch_only_with_the_note
 
 
 def test_pretrained_weights_load_from_a_folder_of_torchvision_files(tmp_path):
+    import torchvision
     imagenet = torch.nn.Module()
-    imagenet.net = baselines.torchvision.models.shufflenet_v2_x1_0()  # 1000 classes, as torchvision's file
+    imagenet.net = torchvision.models.shufflenet_v2_x1_0()  # 1000 classes, as torchvision's file
     file_name = baselines.pretrained_file_names('shufflenet_v2')[0]
     torch.save(imagenet.net.state_dict(), tmp_path / file_name)
     net = baselines.create_model('shufflenet_v2', 7)

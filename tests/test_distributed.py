@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 import data_loader
 import utils
-from cli import UserError
+from errors import UserError
 from test_workflow import ROOT, TINY_SEARCH, TINY_TRAIN, only_dir
 
 

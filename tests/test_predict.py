@@ -1,6 +1,8 @@
 """predict.py: predictions equal the evaluation's, unreadable images are skipped, exports match eager PyTorch in a
-fresh process, and bad input stops with one message."""
+fresh process, a checkpoint alone says its classes and (grey) input, an interrupted export never leaves a description
+of another network, long work says how far it is, and bad input stops with one message."""
 import csv
+import errno
 import importlib.util
 import json
 import os
@@ -8,22 +10,25 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import baselines
+import data_loader
 import formats
 import predict
+import run_folder
 import utils
-from cli import UserError
+from errors import UserError
 from conftest import MODEL_RUNS
 
 
 def predict_main(argv, cwd, monkeypatch):
-    """predict.py's main() in this process, with the flags checked as on the command line."""
+    """predict.py's main() in this process, with the flags parsed and checked as on the command line."""
     monkeypatch.chdir(cwd)
-    args = predict.parser.parse_args(argv)
-    predict.check_args(predict.parser, args)
-    predict.main(args, utils.Log())
+    predict.main(predict.parse(argv), utils.Log())
 
 
 def test_predictions_on_the_test_images_are_the_evaluations(runs, dataset, tmp_path, monkeypatch):
@@ -68,27 +73,37 @@ def test_a_corrupt_image_is_listed_and_skipped_and_the_others_are_classified(run
     assert [p['top_k'] for p in alone] == [p['top_k'] for p in result['predictions']]
 
 
-@pytest.mark.parametrize('model', MODEL_RUNS)
-def test_exported_program_reloads_in_a_fresh_process_and_matches_eager(runs, tmp_path, monkeypatch, model):
-    run = runs[model]
-    predict_main([run, '--export', 'net.pt2'], tmp_path, monkeypatch)
-    described = json.load(open(tmp_path / 'net.pt2.json'))
-    assert described['image_size'] == 16 and len(described['class_names']) == 7
-    assert described['max_difference_from_eager'] <= predict.EXPORT_TOLERANCE
-    trained = predict.load_network(run)
-    pixels = torch.randint(0, 256, (5, 3, 16, 16), generator=torch.Generator().manual_seed(1)).float()
-    with torch.no_grad():
-        expected = predict.Deployable(trained.model)(pixels)
-    torch.save({'pixels': pixels, 'expected': expected}, tmp_path / 'check.pt')
+def test_exported_programs_reload_in_a_fresh_process_and_match_eager(runs, tmp_path, monkeypatch):
+    checks = {}
+    for model in MODEL_RUNS:
+        run, path = runs[model], tmp_path / f'{model}.pt2'
+        predict_main([run, '--export', str(path)], tmp_path, monkeypatch)
+        described = json.load(open(f'{path}.json'))
+        assert described['image_size'] == 16 and len(described['class_names']) == 7
+        assert described['max_difference_from_eager'] <= predict.EXPORT_TOLERANCE
+        assert described['trained_on'] == 'RGB' and described['grayscale'] is False
+        # A baseline has no genotype: its description says null, as its metrics.json does.
+        assert described['genotype'] == json.load(open(os.path.join(run, 'metrics.json')))['genotype']
+        assert (described['genotype'] is None) == (not baselines.uses_genotype(model))
+        assert described['sha256'] == predict.sha256(path)
+        trained = predict.load_network(run)
+        pixels = torch.randint(0, 256, (5, 3, 16, 16), generator=torch.Generator().manual_seed(1)).float()
+        with torch.no_grad():
+            checks[path.name] = {'pixels': pixels,
+                                 'expected': predict.Deployable(trained.model, grayscale=False)(pixels)}
+    torch.save(checks, tmp_path / 'check.pt')
     # A fresh interpreter that can import torch and nothing of this repository.
-    script = ("import torch; data = torch.load('check.pt'); net = torch.export.load('net.pt2').module(); "
-              "worst = max((net(data['pixels'][:n]) - data['expected'][:n]).abs().max().item() for n in (1, 5)); "
-              "print('max difference', worst)")
+    script = ("import torch; checks = torch.load('check.pt')\n"
+              "for name, data in checks.items():\n"
+              "    net = torch.export.load(name).module()\n"
+              "    worst = max((net(data['pixels'][:n]) - data['expected'][:n]).abs().max().item() for n in (1, 5))\n"
+              "    print(name, 'max difference', worst)")
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     result = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert float(result.stdout.split()[-1]) <= 1e-4
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(MODEL_RUNS) and all(float(line.split()[-1]) <= 1e-4 for line in lines)
 
 
 @pytest.mark.skipif(any(importlib.util.find_spec(p) is None for p in predict.ONNX_PACKAGES),
@@ -99,7 +114,7 @@ def test_onnx_export_matches_eager(runs, tmp_path, monkeypatch):
     trained = predict.load_network(runs['gla_seed0'])
     pixels = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(2)).float()
     with torch.no_grad():
-        expected = predict.Deployable(trained.model)(pixels)
+        expected = predict.Deployable(trained.model, grayscale=False)(pixels)
     session = onnxruntime.InferenceSession(str(tmp_path / 'net.onnx'), providers=['CPUExecutionProvider'])
     got = torch.from_numpy(session.run(None, {'pixels': pixels.numpy()})[0])
     assert (got - expected).abs().max().item() <= 1e-4
@@ -108,7 +123,7 @@ def test_onnx_export_matches_eager(runs, tmp_path, monkeypatch):
 def test_onnx_export_without_its_packages_says_what_to_install(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None)
     with pytest.raises(SystemExit):
-        predict.check_args(predict.parser, predict.parser.parse_args(['run', '--export', 'net.onnx']))
+        predict.parse(['run', '--export', 'net.onnx'])
     assert 'pip install onnx onnxscript onnxruntime; or export to .pt2, which needs torch alone' in capsys.readouterr().err
 
 
@@ -122,8 +137,13 @@ def test_bad_input_stops_with_one_message(runs, dataset, tmp_path, monkeypatch):
     shutil.copy(os.path.join(runs['gla_seed0'], 'args.json'), killed)
     failed = tmp_path / 'eval-failed'
     failed.mkdir()
-    (failed / utils.FAILED_MARKER).write_text('the loss became non-finite during training epoch 0\n')
+    (failed / run_folder.FAILED).write_text('the loss became non-finite during training epoch 0\n')
     (tmp_path / 'notes.pt').write_text('not a checkpoint')
+    shutil.copy(os.path.join(runs['gla_seed0'], run_folder.BEST), tmp_path / 'best.pt')  # the weights alone
+    old = torch.load(os.path.join(runs['gla_seed0'], run_folder.CHECKPOINT), weights_only=True)
+    old.pop('class_names', None)  # a checkpoint of a train.py that did not record them, out of its run folder
+    old.pop('input', None)
+    torch.save(old, tmp_path / 'old.pt')
     for argv, message in [
         ([runs['gla_seed0'], str(empty)], f'{empty} holds no images (.jpg'),
         ([runs['gla_seed0'], str(tmp_path / 'missing*.jpg')], 'is no file or folder, and no file matches it'),
@@ -131,10 +151,130 @@ def test_bad_input_stops_with_one_message(runs, dataset, tmp_path, monkeypatch):
         ([str(failed), face], 'holds no best.pt: the run failed before it saved one (the loss became non-finite'),
         ([runs['search'], face], 'is a train_search.py run: its supernet is no trained classifier'),
         ([os.path.join(runs['search'], 'checkpoint.pt'), face], 'is a train_search.py run'),
-        ([str(tmp_path / 'notes.pt'), face], 'is not a checkpoint or weights file of train.py'),
+        ([str(tmp_path / 'notes.pt'), face], 'is not a readable checkpoint or weights file'),
         ([str(tmp_path / 'nowhere'), face], 'does not exist; give an eval run folder of train.py'),
+        ([str(tmp_path / 'best.pt'), face], f'{tmp_path / "best.pt"} holds the weights alone, and its folder '
+                                            f'{tmp_path} is no run folder of train.py (no args.json) to say which '
+                                            f'network, classes and input they are; give the run folder, or its '
+                                            f'checkpoint.pt'),
+        ([str(tmp_path / 'old.pt'), face], 'old.pt does not say which classes its network predicts'),
     ]:
         with pytest.raises(UserError) as error:
             predict_main(argv, tmp_path, monkeypatch)
         assert message in str(error.value), (argv, str(error.value))
-    assert sorted(os.listdir(tmp_path)) == ['empty', 'eval-failed', 'eval-killed', 'notes.pt']  # nothing written
+    assert sorted(os.listdir(tmp_path)) == ['best.pt', 'empty', 'eval-failed', 'eval-killed', 'notes.pt',
+                                            'old.pt']  # nothing written
+
+
+@pytest.fixture(scope='module')
+def grey_checkpoint(runs, tmp_path_factory):
+    """The GLA-FERNet run's checkpoint.pt copied out of its folder, recording FER2013's class names and grey input as
+    train.py records a FER2013 run's: only the checkpoint can say so."""
+    checkpoint = torch.load(os.path.join(runs['gla_seed0'], run_folder.CHECKPOINT), weights_only=True)
+    checkpoint['class_names'] = list(formats.FER2013_CLASSES)
+    checkpoint['input'] = {'image_size': 16, 'grayscale': True, 'source_size': data_loader.SOURCE_SIZE}
+    path = tmp_path_factory.mktemp('copied') / 'checkpoint.pt'
+    torch.save(checkpoint, path)
+    return str(path)
+
+
+def test_a_copied_checkpoint_classifies_with_its_own_class_names_and_grey_input(runs, dataset, grey_checkpoint,
+                                                                                 tmp_path, monkeypatch):
+    face = formats.rafdb_image_path(dataset, 'test_0001.jpg')
+    Image.open(face).convert('L').save(tmp_path / 'grey.png')
+    predict_main([grey_checkpoint, str(face), '--out', 'copied.json', '--topk', '7'], tmp_path, monkeypatch)
+    # The same network (checkpoint.pt holds the last epoch's) given the grey face, as a grey run's evaluation sees it.
+    predict_main([runs['gla_seed0'], 'grey.png', '--weights', 'last', '--out', 'run.json', '--topk', '7'], tmp_path,
+                 monkeypatch)
+    copied = json.load(open(tmp_path / 'copied.json'))
+    assert copied['class_names'] == formats.FER2013_CLASSES
+    run_names = json.load(open(tmp_path / 'run.json'))['class_names']
+    as_fer = [{'class': formats.FER2013_CLASSES[run_names.index(p['class'])], 'probability': p['probability']}
+              for p in json.load(open(tmp_path / 'run.json'))['predictions'][0]['top_k']]
+    assert copied['predictions'][0]['top_k'] == as_fer
+
+
+def test_the_export_of_a_grey_run_says_grey_and_turns_colour_faces_grey(grey_checkpoint, tmp_path, monkeypatch):
+    predict_main([grey_checkpoint, '--export', 'grey.pt2'], tmp_path, monkeypatch)
+    described = json.load(open(tmp_path / 'grey.pt2.json'))
+    assert described['grayscale'] is True and 'luminance replicated to 3 channels' in described['input']
+    assert described['trained_on'] == 'grey (luminance replicated to 3 channels)'
+    assert described['class_names'] == formats.FER2013_CLASSES
+    colour = torch.randint(0, 256, (16, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    grey = np.stack([np.array(Image.fromarray(face).convert('L').convert('RGB')) for face in colour.numpy()])
+    pixels = lambda faces: torch.as_tensor(faces).permute(0, 3, 1, 2).float().contiguous()
+    trained = predict.load_network(grey_checkpoint)
+    exported = torch.export.load(tmp_path / 'grey.pt2').module()
+    with torch.no_grad():
+        expected = predict.Deployable(trained.model, grayscale=False)(pixels(grey))  # the grey faces, as trained
+        # PIL's luma exactly, so a colour face gets the logits of its grey version; a grey face passes unchanged
+        assert torch.equal(predict.Deployable(trained.model, grayscale=True)(pixels(colour)), expected)
+        assert (exported(pixels(colour)) - expected).abs().max() <= predict.EXPORT_TOLERANCE
+        assert (exported(pixels(grey)) - expected).abs().max() <= predict.EXPORT_TOLERANCE
+
+
+def test_an_interrupted_export_never_leaves_a_description_of_another_network(runs, tmp_path, monkeypatch):
+    predict_main([runs['gla_seed0'], '--export', 'net.pt2'], tmp_path, monkeypatch)
+    first = (tmp_path / 'net.pt2').read_bytes()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill: nothing after it runs, no clean-up
+    for where, network_replaced in [((predict, 'save_program'), False), ((run_folder, 'write_json'), True)]:
+        with monkeypatch.context() as patch:
+            patch.setattr(*where, killed)
+            with pytest.raises(KeyboardInterrupt):
+                predict_main([runs['gla_seed1'], '--export', 'net.pt2'], tmp_path, monkeypatch)
+        assert ((tmp_path / 'net.pt2').read_bytes() != first) == network_replaced
+        assert not (tmp_path / 'net.pt2.json').exists()  # the earlier description went first
+
+
+def test_a_failed_run_is_refused_unless_its_weights_file_is_given(runs, dataset, tmp_path, monkeypatch, capsys):
+    failed = tmp_path / 'eval-failed'
+    shutil.copytree(runs['gla_seed0'], failed, ignore=shutil.ignore_patterns('tensorboard'))
+    (failed / run_folder.FAILED).write_text('the loss became non-finite during training epoch 1\n')
+    face = str(formats.rafdb_image_path(dataset, 'test_0001.jpg'))
+    with pytest.raises(UserError) as error:
+        predict_main([str(failed), face], tmp_path, monkeypatch)
+    assert str(error.value) == (f'{failed} is a run that failed (the loss became non-finite during training epoch 1); '
+                                f'to classify with its best.pt anyway, give the file itself: {failed / "best.pt"}')
+    capsys.readouterr()
+    predict_main([str(failed / 'best.pt'), face], tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert 'failed (the loss became non-finite during training epoch 1); classifying with this file' in out
+    assert f'{face}\t' in out  # and classified
+    assert 'FAILED' in predict.parser.format_help()
+
+
+def test_options_may_come_between_the_run_and_the_images():
+    args = predict.parse(['RUN', '--topk', '2', 'a.jpg', '--out', 'p.csv', 'b.jpg'])
+    assert (args.run, args.inputs, args.topk, args.out) == ('RUN', ['a.jpg', 'b.jpg'], 2, 'p.csv')
+
+
+def test_an_output_in_a_missing_folder_is_refused_before_any_work(tmp_path, capsys):
+    for flag, name in [('--out', 'p.csv'), ('--export', 'net.pt2')]:
+        with pytest.raises(SystemExit):
+            predict.parse(['RUN', 'face.jpg', flag, str(tmp_path / 'missing' / name)])
+        assert (f'argument {flag}: cannot write {tmp_path / "missing" / name}: the folder {tmp_path / "missing"} does '
+                f'not exist') in capsys.readouterr().err
+
+
+def test_a_full_disk_says_to_run_predict_again_not_to_resume(runs, dataset, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(csv, 'writer', full)
+    face = str(formats.rafdb_image_path(dataset, 'test_0001.jpg'))
+    with pytest.raises(UserError) as error:
+        predict_main([runs['gla_seed0'], face, '--out', 'p.csv'], tmp_path, monkeypatch)
+    assert 'No space left on device' in str(error.value) and '--resume' not in str(error.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_long_work_says_what_it_does_and_how_far_it_is(runs, dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(utils.Progress, 'REPORT_SECONDS', 0)  # a line at every batch, not every 30 seconds
+    _, _, test_names, _ = formats.read_rafdb_list(os.path.join(dataset, formats.RAFDB_LABEL_FILE))
+    paths = [str(formats.rafdb_image_path(dataset, name)) for name in test_names]
+    predict_main([runs['gla_seed0'], *paths, '--batch_size', '7', '--export', 'net.pt2'], tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert out.index('exporting gla_fernet') < out.index('exported')
+    assert f'classified 7 of {len(paths)} images, ' in out and f'classified 21 of {len(paths)} images, ' in out
+    assert ' images/s, 0:00:0' in out  # and the time left

@@ -14,9 +14,10 @@ from PIL import Image
 
 import genotypes
 import report
+import run_folder
 import utils
 import visualize
-from cli import UserError
+from errors import UserError
 
 
 def read_csv(path):
@@ -70,7 +71,7 @@ def test_report_tables_equal_the_runs_metrics_with_means_over_seeds_and_figures(
     text = open(tmp_path / 'out' / 'report.md').read()
     assert 'pattern `nothing-*` matched no run folder' in text
     assert f'`{os.path.basename(runs["search"])}`: search run, complete' in text
-    assert '1 unfinished or failed run(s) left out' in text
+    assert '1 unfinished, failed or damaged run(s) left out' in text
     gla = json.load(open(os.path.join(runs['gla_seed0'], 'metrics.json')))['last']
     assert f'| {gla["accuracy"]:.2f} | {gla["balanced_accuracy"]:.2f} | {gla["f1"]:.2f} |' in text
 
@@ -87,7 +88,7 @@ def test_report_tables_equal_the_runs_metrics_with_means_over_seeds_and_figures(
 def test_failed_and_older_runs_are_listed_with_dashes_for_what_they_lack(runs, tmp_path, monkeypatch):
     failed = tmp_path / 'eval-failed'  # what utils.run_main leaves of a run that stopped with an error
     shutil.copytree(runs['unfinished'], failed)
-    (failed / utils.FAILED_MARKER).write_text('the loss became non-finite during training epoch 1\n')
+    (failed / run_folder.FAILED).write_text('the loss became non-finite during training epoch 1\n')
     older = tmp_path / 'eval-older'  # a run of an earlier version: no --model, fewer keys in metrics.json
     shutil.copytree(runs['gla_seed1'], older)
     args = json.load(open(older / 'args.json'))
@@ -116,17 +117,221 @@ def test_report_without_runs_says_so(tmp_path, monkeypatch):
 
 
 def test_search_records_its_architecture_weights_every_epoch(runs):
-    history = json.load(open(os.path.join(runs['search'], utils.ARCHITECTURE_WEIGHTS_FILE)))
+    history = json.load(open(os.path.join(runs['search'], run_folder.ARCHITECTURE_WEIGHTS)))
     assert [record['epoch'] for record in history] == [0, 1]
     assert history[0]['primitives'] == genotypes.PRIMITIVES
     assert np.array(history[1]['normal']['ops']).shape == (14, 8) and len(history[1]['reduce']['edges']) == 14
 
 
-def test_epoch_records_of_a_resumed_run_replace_the_repeated_epochs(tmp_path):
-    path = str(tmp_path / 'history.json')
-    for epoch in (0, 1, 2, 1, 2):  # killed after writing epoch 2 but before its checkpoint: resumed at epoch 1
-        utils.write_epoch_record(path, epoch, {'value': epoch})
-    assert json.load(open(path)) == [{'epoch': e, 'value': e} for e in (0, 1, 2)]
+def copy_run(source, destination, args=None, metrics=None, curves=False):
+    """A copy of a run folder with some of its arguments and metrics changed (None: delete the key); without its
+    TensorBoard log unless `curves` (drawing the curves is slow, and most tests need only the tables)."""
+    shutil.copytree(source, destination, ignore=None if curves else shutil.ignore_patterns(run_folder.TENSORBOARD))
+    for name, changes in ((run_folder.ARGS, args), (run_folder.METRICS, metrics)):
+        content = json.load(open(destination / name))
+        for key, value in (changes or {}).items():
+            if value is None:
+                content.pop(key, None)
+            else:
+                content[key] = value
+        json.dump(content, open(destination / name, 'w'))
+    return destination
+
+
+def make_report(*argv, log=None):
+    report.main(report.parser.parse_args([*argv, '--no-latency']), log or utils.Log())
+
+
+def test_the_model_of_a_searched_genotype_names_its_search_method(runs, tmp_path, monkeypatch):
+    search = tmp_path / 'search-PCD-synthetic-20261201-101010'
+    shutil.copytree(runs['search'], search)
+    (search / run_folder.METHOD).write_text(json.dumps({'method': 'pc_darts'}))
+    genotype_text = (search / run_folder.GENOTYPE).read_text().strip()
+    args = {'arch': None, 'genotype_file': str(search / run_folder.GENOTYPE)}
+    copy_run(runs['gla_seed0'], tmp_path / 'eval-new', args=args,
+             metrics={'genotype': genotype_text, 'recipe': {'name': 'pc_darts', 'settings': {}}})
+    copy_run(runs['gla_seed1'], tmp_path / 'eval-older', args=args,  # no recipe: the search's method file says
+             metrics={'genotype': genotype_text, 'recipe': None})
+    monkeypatch.chdir(tmp_path)
+    make_report('eval-*', '--out', 'out', '--no-figures')
+    rows = {row['run']: row for row in read_csv(tmp_path / 'out' / 'runs.csv')}
+    for name in ('eval-new', 'eval-older'):
+        assert rows[name]['model'] == 'pc_darts genotype (search-PCD-synthetic-20261201-101010)'
+
+
+def test_mean_over_seeds_never_pools_a_smoke_test_with_full_runs(runs, tmp_path, monkeypatch):
+    copy_run(runs['gla_seed1'], tmp_path / 'eval-smoke', args={'epochs': 1, 'seed': 5})
+    monkeypatch.chdir(tmp_path)
+    make_report(runs['gla_seed0'], runs['gla_seed1'], 'eval-smoke', '--out', 'out', '--no-figures')
+    groups = {row['setting']: row for row in read_csv(tmp_path / 'out' / 'groups.csv')}
+    assert set(groups) == {'epochs 2', 'epochs 1'}  # each row names what sets it apart
+    assert groups['epochs 2']['seeds'] == '0 1' and groups['epochs 1']['seeds'] == '5'
+    values = [json.load(open(os.path.join(runs[f'gla_seed{s}'], 'metrics.json')))['last']['accuracy'] for s in (0, 1)]
+    assert float(groups['epochs 2']['last_accuracy_mean']) == pytest.approx(statistics.mean(values))
+
+
+def test_a_run_given_twice_counts_once(runs, tmp_path, monkeypatch):
+    copy_run(runs['fgw_seed0'], tmp_path / 'eval-a')
+    monkeypatch.chdir(tmp_path)
+    make_report('eval-a', str(tmp_path / 'eval-a'), './eval-a/', '--out', 'out', '--no-figures')
+    rows = read_csv(tmp_path / 'out' / 'runs.csv')
+    assert [row['run'] for row in rows] == ['eval-a']
+
+
+def test_runs_of_the_same_name_from_two_machines_keep_their_own_figures(runs, tmp_path, monkeypatch):
+    name = os.path.basename(runs['fgw_seed0'])
+    copy_run(runs['fgw_seed0'], tmp_path / 'machine-a' / name)
+    copy_run(runs['fgw_seed1'], tmp_path / 'machine-b' / name)
+    monkeypatch.chdir(tmp_path)
+    make_report(f'machine-a/{name}', f'machine-b/{name}', '--out', 'out')
+    rows = {row['run']: row for row in read_csv(tmp_path / 'out' / 'runs.csv')}
+    assert set(rows) == {f'machine-a/{name}', f'machine-b/{name}'}
+    text = open(tmp_path / 'out' / 'report.md').read()
+    confusions = {machine: tmp_path / 'out' / 'figures' / f'{machine}-{name}-confusion.png'
+                  for machine in ('machine-a', 'machine-b')}
+    for path in confusions.values():
+        assert_picture(path)
+        assert f'(figures/{path.name})' in text
+    assert confusions['machine-a'].read_bytes() != confusions['machine-b'].read_bytes()
+
+
+def test_a_folder_holding_runs_is_searched_and_an_empty_one_says_so(runs, tmp_path, monkeypatch):
+    copy_run(runs['fgw_seed0'], tmp_path / 'runs' / 'eval-one')
+    copy_run(runs['fgw_seed1'], tmp_path / 'runs' / 'machine-b' / 'eval-two')  # two levels down
+    (tmp_path / 'runs' / 'notes').mkdir()
+    (tmp_path / 'empty').mkdir()
+    monkeypatch.chdir(tmp_path)
+    make_report('runs', '--out', 'out', '--no-figures')
+    assert [row['run'] for row in read_csv(tmp_path / 'out' / 'runs.csv')] == ['eval-one', 'eval-two']
+    with pytest.raises(UserError, match='empty is not a run folder and holds none'):
+        make_report('empty', '--out', 'out2', '--no-figures')
+
+
+def test_damaged_and_foreign_files_are_one_line_each_and_the_others_go_on(runs, tmp_path, monkeypatch):
+    good = copy_run(runs['fgw_seed0'], tmp_path / 'eval-good')
+    damaged = {'eval-truncated': '{"complete": true, "last": {"accur', 'eval-list': '[1, 2, 3]',
+               'eval-foreign': json.dumps({'complete': True, 'last': {'accuracy': '88.1%'}}),
+               'eval-ragged': json.dumps({'class_names': ['a', 'b'], 'last': {'confusion_matrix': [[1]]}})}
+    for name, content in damaged.items():
+        copy_run(runs['fgw_seed1'], tmp_path / name)
+        (tmp_path / name / run_folder.METRICS).write_text(content)
+    search = tmp_path / 'search-damaged'
+    shutil.copytree(runs['search'], search, ignore=shutil.ignore_patterns(run_folder.TENSORBOARD))
+    (search / run_folder.ARCHITECTURE_WEIGHTS).write_text('[{"epoch": 0, "prim')
+    monkeypatch.chdir(tmp_path)
+    make_report('eval-*', 'search-*', '--out', 'out')
+    rows = {row['run']: row for row in read_csv(tmp_path / 'out' / 'runs.csv')}
+    assert rows['eval-good']['status'] == 'complete'
+    assert float(rows['eval-good']['last_accuracy']) == json.load(open(good / run_folder.METRICS))['last']['accuracy']
+    text = open(tmp_path / 'out' / 'report.md').read()
+    reasons = {'eval-truncated': 'may be truncated', 'eval-list': 'holds a JSON list',
+               'eval-foreign': '"accuracy" is "88.1%"', 'eval-ragged': 'confusion matrix is not 2 x 2',
+               'search-damaged': f'{run_folder.ARCHITECTURE_WEIGHTS} is not a readable file'}
+    for name, reason in reasons.items():
+        line, = [line for line in text.splitlines() if line.startswith(f'- `{name}`')]
+        assert 'run, damaged (' in line and reason in line, line
+        assert rows.get(name, {'status': 'damaged'})['status'] == 'damaged'
+    assert os.path.isfile(tmp_path / 'out' / 'figures' / 'search-damaged-normal-cell.png')  # its genotype is intact
+
+
+def test_out_naming_a_file_is_refused_at_once(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'report.md').write_text('notes')
+    with pytest.raises(UserError, match='--out report.md is a file'):
+        make_report(runs['fgw_seed0'], '--out', 'report.md')
+
+
+def test_writers_of_one_file_at_once_never_collide(tmp_path, monkeypatch):
+    """Two reports writing one --out folder at once: another writer's file appears while one writes; each writes
+    under its own temporary name, so both finish and the file is whole."""
+    from matplotlib.figure import Figure
+
+    def interrupted_by_another_writer(real, write_again):
+        def write(*args, **kwargs):
+            result = real(*args, **kwargs)
+            if not interrupted:
+                interrupted.append(True)
+                write_again()
+            return result
+        return write
+
+    interrupted = []
+    figure = Figure(figsize=(2, 2))
+    figure.add_subplot().plot([0, 1])
+    path = str(tmp_path / 'figure.png')
+    monkeypatch.setattr(Figure, 'savefig', interrupted_by_another_writer(
+        Figure.savefig, lambda: visualize.save_figure(figure, path)))
+    visualize.save_figure(figure, path)
+    assert Image.open(path).size == (300, 300) and os.path.getsize(tmp_path / 'figure.pdf') > 0
+
+    interrupted.clear()
+    path = str(tmp_path / 'runs.csv')
+    monkeypatch.setattr(csv.DictWriter, 'writerows', interrupted_by_another_writer(
+        csv.DictWriter.writerows, lambda: report.write_csv(path, [{'run': 'other'}], ['run'])))
+    report.write_csv(path, [{'run': 'mine'}], ['run'])
+    assert read_csv(path) == [{'run': 'mine'}]
+    assert sorted(os.listdir(tmp_path)) == ['figure.pdf', 'figure.png', 'runs.csv']  # no temporary file left
+
+
+def test_a_long_report_says_something_at_least_every_30_seconds(runs, tmp_path, monkeypatch):
+    """Reading, measuring and drawing many runs: the clock advances 25 s per run and per figure; no two lines of
+    the log are further apart than 30 s."""
+    now = [0.0]
+    lines = []
+
+    def slow(function):
+        def run(*args, **kwargs):
+            now[0] += 25
+            return function(*args, **kwargs)
+        return run
+
+    for name in ('fgw_seed0', 'fgw_seed1', 'gla_seed0'):
+        copy_run(runs[name], tmp_path / f'eval-{name}')
+    monkeypatch.setattr(report.time, 'monotonic', lambda: now[0])
+    monkeypatch.setattr(report, 'read_run', slow(report.read_run))
+    monkeypatch.setattr(report, 'cpu_latency_ms', slow(lambda *args: 1.0))
+    monkeypatch.setattr(visualize, 'plot_confusion_matrix', slow(visualize.plot_confusion_matrix))
+    monkeypatch.chdir(tmp_path)
+    report.main(report.parser.parse_args(['eval-*', '--out', 'out']), lambda message: lines.append(now[0]))
+    assert now[0] >= 3 * 3 * 25  # each run was read, measured and drawn
+    assert lines[0] == 0 and max(b - a for a, b in zip(lines, lines[1:])) <= 30
+
+
+def drawn_figure(monkeypatch, draw):
+    """The Figure that draw() saves, laid out as saved, and a renderer to measure it."""
+    saved = []
+    real = visualize.save_figure
+    monkeypatch.setattr(visualize, 'save_figure', lambda figure, path: (real(figure, path), saved.append(figure)))
+    draw()
+    figure, = saved
+    return figure, FigureCanvasAgg(figure).get_renderer()
+
+
+@pytest.mark.parametrize('low, high', [(3e4, 5e4), (4e7, 9e8), (2e5, 8e9)])
+def test_accuracy_versus_size_is_readable_with_the_names_users_give(tmp_path, monkeypatch, low, high):
+    labels = ['fgw_fer', 'fgw_fer (epochs 1)', 'gla_fernet GLA_FERNet', 'pc_darts genotype (pcdarts-noise30-seed2)',
+              'darts genotype (darts-second-order-long)', 'emonas genotype (emonas-rafdb-reproduction)',
+              'searched genotype (search-from-machine-b)', 'gla_fernet genotype 3fa9c1']
+    costs = np.geomspace(low, high, len(labels))
+    points = [{'model': label, 'panel': f'rafdb, noise {noise}%', 'params': cost, 'macs': cost,
+               'accuracy': 80 + k % 5 - noise / 10, 'std': 0.5, 'runs': 2}
+              for noise in (0, 30) for k, (label, cost) in enumerate(zip(labels, costs))]
+    figure, renderer = drawn_figure(monkeypatch, lambda: visualize.plot_accuracy_versus_cost(
+        points, 'macs', str(tmp_path / 'cost.png'), 'test accuracy (%), last epoch'))
+    legend = figure.legends[0].get_window_extent(renderer)
+    inside = lambda box: (box.x0 >= figure.bbox.x0 - 1 and box.x1 <= figure.bbox.x1 + 1 and
+                          box.y0 >= figure.bbox.y0 - 1 and box.y1 <= figure.bbox.y1 + 1)
+    assert inside(legend)
+    boxes = [ax.get_tightbbox(renderer) for ax in figure.axes]  # with tick labels, axis label and title
+    for k, (ax, box) in enumerate(zip(figure.axes, boxes)):
+        assert inside(box) and not box.overlaps(legend)  # nothing cut, the legend covers nothing
+        assert not any(box.overlaps(other) for other in boxes[k + 1:])  # the panels' labels never meet
+        assert ax.get_position().width > 0.7 / len(figure.axes)  # the legend takes no panel's width
+        ticks = sorted((label.get_window_extent(renderer) for label in ax.get_xticklabels()
+                        if label.get_text() and ax.get_xlim()[0] <= label.get_position()[0] <= ax.get_xlim()[1]),
+                       key=lambda b: b.x0)
+        assert len(ticks) >= 2
+        assert all(right.x0 - left.x1 > 0.1 * figure.dpi for left, right in zip(ticks, ticks[1:]))  # >= 0.1 inch
 
 
 # ---------------------------------------------------------------- cell diagrams

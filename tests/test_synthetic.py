@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import synthetic
-from cli import UserError
+from errors import UserError
 
 N_TRAIN, N_TEST = 40, 24      # 24: AffectNet's 8 classes x MIN_PER_CLASS
 SILENT = dict(log=lambda message: None)
@@ -109,6 +109,17 @@ def test_refuses_non_empty_output(tmp_path):
 def test_fills_an_existing_empty_folder(tmp_path):
     out = synthetic.make_synthetic(str(tmp_path), 'affectnet', N_TRAIN, N_TEST, **SILENT)
     assert sorted(os.listdir(out)) == ['train_class', 'val_class']
+
+
+def test_creates_missing_parent_folders(tmp_path):
+    out = synthetic.make_synthetic(str(tmp_path / 'data' / 'syn'), 'affectnet', N_TRAIN, N_TEST, **SILENT)
+    assert sorted(os.listdir(out)) == ['train_class', 'val_class'] and os.listdir(tmp_path / 'data') == ['syn']
+
+
+def test_a_failed_generation_leaves_nothing(tmp_path):
+    with pytest.raises(UserError, match='5 images cannot give each of 7 classes 3'):
+        synthetic.make_synthetic(str(tmp_path / 'out'), 'rafdb', 5, 5, **SILENT)
+    assert os.listdir(tmp_path) == []  # neither the output folder nor a half-built one beside it
 
 
 @pytest.mark.parametrize('rate', synthetic.NOISE_RATES)

@@ -1,6 +1,5 @@
 """train.py's models, recipes and training options: samplers, upper-half masking, Mixup/CutMix, schedules, SWA,
 validation selection; every model trains through train.py and resumes bit-exactly."""
-import argparse
 import json
 import os
 import sys
@@ -8,11 +7,11 @@ import sys
 import pytest
 import torch
 
+import augment
 import cli
 import data_loader
 import train
 import utils
-from cli import UserError
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -28,12 +27,12 @@ def parse(argv):
 # ---------------------------------------------------------------- recipes and flags
 
 def test_a_models_recipe_gives_the_defaults_and_every_item_is_overridable():
-    args = parse(['--model', 'cores_se', '--epochs', '2', '--swa_start', 'none'])
+    args = parse(['--model', 'cores_se', '--epochs', '5', '--swa_start', 'none'])
     assert args.recipe == 'cores_se'
     assert (args.optimizer, args.learning_rate, args.weight_decay, args.lr_warmup_epochs, args.image_size) == \
         ('adamw', 3e-4, 0.05, 3, 224)
     assert (args.mixup_alpha, args.cutmix_alpha, args.label_smoothing, args.pretrained) == (0.2, 0.2, 0.1, 'imagenet')
-    assert (args.epochs, args.swa_start) == (2, None)  # given on the command line: the recipe does not apply
+    assert (args.epochs, args.swa_start) == (5, None)  # given on the command line: the recipe does not apply
     assert parse(['--model', 'fgw_fer', '--dataset', 'rafdb']).image_size == 100  # RAF-DB's aligned size
     assert parse(['--model', 'fgw_fer']).image_size == 48
     rlr = parse(['--model', 'rlr_cnet'])
@@ -50,6 +49,10 @@ def test_a_models_recipe_gives_the_defaults_and_every_item_is_overridable():
     (['--model', 'cores_se', '--pretrained', '/no/such/folder'], '/no/such/folder is no folder'),
     (['--model', 'cores_se', '--image_size', '16'], '--image_size: cores_se needs at least 32 pixels, got 16'),
     (['--scheduler', 'plateau', '--lr_warmup_epochs', '2'], '--lr_warmup_epochs: applies to --scheduler cosine'),
+    (['--epochs', '3', '--lr_warmup_epochs', '3'], '--lr_warmup_epochs: a warm-up of 3 epochs leaves none of the '
+                                                   '--epochs 3 at the full learning rate'),
+    (['--model', 'cores_se', '--epochs', '1'], "a warm-up of 3 epochs (the cores_se recipe's) leaves none"),
+    (['--momentum', '1.5'], 'argument --momentum: must lie in [0, 1), got 1.5'),
 ])
 def test_flags_that_do_not_fit_the_model_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -98,7 +101,7 @@ def test_upper_half_masking_keeps_the_area_in_range_and_the_top_edge_in_the_uppe
     size, n = 48, 2000
     x = torch.full((n, 3, size, size), 7.0)
     generator = torch.Generator().manual_seed(0)
-    augmentation = data_loader.Augmentation(flip_noise=False, erasing='upper', fill='black')
+    augmentation = augment.Augmentation(flip_noise=False, erasing='upper', fill='black')
     masked = augmentation.erase(x, generator, data_loader.normaliser('cpu')) != 7.0
     applied = masked.flatten(1).any(1)
     assert abs(applied.float().mean() - 0.5) < 0.05  # with p = 0.5
@@ -116,7 +119,7 @@ def test_mixup_and_cutmix_targets_sum_to_one_and_match_the_mixed_images(mixup_al
     classes, smoothing = 8, 0.1
     labels = torch.arange(classes)  # the mirrored partner always has another class
     x = labels.float().view(-1, 1, 1, 1).expand(-1, 3, 16, 16)
-    mixer = data_loader.BatchMixer(classes, mixup_alpha, cutmix_alpha, 0.5, smoothing, seed=1)
+    mixer = augment.BatchMixer(classes, mixup_alpha, cutmix_alpha, 0.5, smoothing, seed=1)
     for epoch in range(5):
         mixer.set_epoch(epoch)
         mixed, targets = mixer(x, labels)
@@ -157,7 +160,8 @@ def run_train(argv, cwd, monkeypatch):
     ('fgw_fer', [], 64_176),
     ('shufflenet_v2', [], 1_260_779),
     ('rlr_cnet', [], 1_027_457),
-    ('cores_se', ['--image_size', '32', '--pretrained', 'none', '--swa_start', 'none', '--batch_size', '32'],
+    ('cores_se', ['--image_size', '32', '--pretrained', 'none', '--swa_start', 'none', '--batch_size', '32',
+                  '--lr_warmup_epochs', '0'],
      53_763_751),
 ])
 def test_every_model_trains_an_epoch_and_writes_the_usual_outputs(dataset, tmp_path, monkeypatch, model, extra, params):

@@ -1,13 +1,14 @@
 """utils.py: metrics, the run folder (log, checkpoints, failures), progress lines, compilation, model statistics."""
 import argparse
-import os
+import json
 import random
 
 import pytest
 import torch
 
+import run_folder
 import utils
-from cli import UserError
+from errors import UserError
 
 
 def test_confusion_matrix_metrics_match_hand_computation():
@@ -38,14 +39,6 @@ def test_class_never_predicted_counts_zero_precision_and_absent_class_no_recall(
 
 # ---------------------------------------------------------------- run folder
 
-def test_runs_started_in_the_same_second_never_share_a_folder(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(utils.time, 'strftime', lambda fmt, *a: '20260101-120000')
-    folders = [utils.create_run_folder('eval', 'EXP', 'rafdb') for _ in range(3)]
-    assert folders == ['eval-EXP-rafdb-20260101-120000', 'eval-EXP-rafdb-20260101-120000-2',
-                       'eval-EXP-rafdb-20260101-120000-3']
-
-
 def test_log_lines_before_the_folder_exists_reach_log_txt_and_progress_stays_on_the_console(tmp_path, capsys):
     log = utils.Log()
     log('loading data')
@@ -64,6 +57,14 @@ def make_run(tmp_path, monkeypatch, epochs=3):
     run = utils.Run('eval', argparse.ArgumentParser(), args, utils.Log())
     run.start()
     return run
+
+
+def test_epoch_records_of_a_resumed_run_replace_the_repeated_epochs(tmp_path, monkeypatch):
+    run = make_run(tmp_path, monkeypatch)
+    for epoch in (0, 1, 2, 1, 2):  # killed after writing epoch 2 but before its checkpoint: resumed at epoch 1
+        run.write_epoch_record('history.json', epoch, {'value': epoch})
+    assert json.load(open(run.path('history.json'))) == [{'epoch': e, 'value': e} for e in (0, 1, 2)]
+    assert json.load(open(run.path('args.json')))['kind'] == 'eval'  # the kind of run, recorded for its readers
 
 
 def test_nonfinite_weights_or_statistics_are_never_saved(tmp_path, monkeypatch):
@@ -93,40 +94,6 @@ def test_nonfinite_loss_message_says_no_checkpoint_exists_yet(tmp_path, monkeypa
         run.check_loss(meter, 'epoch 0')
 
 
-def test_full_disk_while_saving_names_the_file_keeps_the_previous_one_and_removes_the_partial(tmp_path, monkeypatch):
-    path = tmp_path / 'checkpoint.pt'
-    utils.save_checkpoint({'epoch': 1}, str(path))
-    real_save = torch.save
-
-    def full_disk(obj, f):
-        real_save(obj, f)  # a partial file is left behind, as a failed write does
-        raise RuntimeError('[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: file write failed')
-    monkeypatch.setattr(torch, 'save', full_disk)
-    with pytest.raises(UserError, match=rf'could not write {path} \(.*file write failed\); the previous '
-                                        rf'checkpoint.pt is intact, and the partial {path}.tmp was removed'):
-        utils.save_checkpoint({'epoch': 2}, str(path))
-    assert os.listdir(tmp_path) == ['checkpoint.pt']
-    assert torch.load(path, weights_only=True) == {'epoch': 1}
-
-
-def test_checkpoint_is_written_atomically_and_bad_resume_paths_are_explained(tmp_path):
-    path = tmp_path / 'checkpoint.pt'
-    utils.save_checkpoint({'kind': 'eval', 'epoch': 3, 'args': {}}, str(path))
-    assert os.listdir(tmp_path) == ['checkpoint.pt']
-    state, folder = utils.load_checkpoint(str(tmp_path), 'eval')
-    assert state['epoch'] == 3 and folder == str(tmp_path)
-    with pytest.raises(UserError, match=r'belongs to a train.py run; resume it with python train.py --resume'):
-        utils.load_checkpoint(str(tmp_path), 'search')
-    with pytest.raises(UserError, match='does not exist'):
-        utils.load_checkpoint(str(tmp_path / 'missing'), 'eval')
-    utils.save_checkpoint({'stem.weight': torch.ones(2)}, str(path))
-    with pytest.raises(UserError, match='not a checkpoint of this repository'):
-        utils.load_checkpoint(str(path), 'eval')
-    path.write_bytes(os.urandom(256))
-    with pytest.raises(UserError, match='not a readable checkpoint'):
-        utils.load_checkpoint(str(path), 'eval')
-
-
 @pytest.mark.parametrize('error, status', [(UserError('bad input'), 2), (ValueError('a bug'), None)])
 def test_a_run_that_fails_after_its_folder_exists_is_marked_failed(tmp_path, monkeypatch, error, status):
     monkeypatch.chdir(tmp_path)
@@ -140,7 +107,7 @@ def test_a_run_that_fails_after_its_folder_exists_is_marked_failed(tmp_path, mon
     if status:
         assert raised.value.code == status
         assert (tmp_path / 'log.txt').read_text().splitlines()[-1].endswith('error: bad input')
-    assert str(error) in (tmp_path / utils.FAILED_MARKER).read_text()
+    assert str(error) in (tmp_path / run_folder.FAILED).read_text()
 
 
 def test_interrupted_run_says_how_to_resume(tmp_path, capsys):
@@ -151,7 +118,7 @@ def test_interrupted_run_says_how_to_resume(tmp_path, capsys):
     with pytest.raises(SystemExit) as raised:
         utils.run_main(main, None)
     assert raised.value.code == 130 and f'continue with --resume {tmp_path}' in capsys.readouterr().err
-    assert not (tmp_path / utils.FAILED_MARKER).exists()
+    assert not (tmp_path / run_folder.FAILED).exists()
 
 
 # ---------------------------------------------------------------- progress

@@ -1,9 +1,9 @@
 """The layouts beyond RAF-DB and AffectNet: FER2013 (+ FERPlus), CK+ in subject-independent folds, class folders,
-dynamic images of micro-expression clips; each read from a synthetic copy, trained on, and refused when malformed."""
+dynamic images of micro-expression clips (dataset_tools.py); each read from a synthetic copy, trained on, and refused
+when malformed."""
 import os
 import re
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -12,13 +12,15 @@ from PIL import Image
 
 import cli
 import data_loader
+import dataset_tools
 import formats
 import synthetic
 import train
 import train_search
 import utils
-from cli import UserError
-from data_loader import load_dataset, rank_pooling_coefficients
+from errors import UserError
+from data_loader import load_dataset
+from dataset_tools import rank_pooling_coefficients
 
 SILENT = dict(log=lambda message: None)
 
@@ -126,10 +128,11 @@ def test_fer2013_without_usage_column_and_ferplus_of_another_file(tmp_path):
     (tmp_path / 'train.csv').write_text(f'emotion,pixels\n0,{PIXELS}\n')
     with pytest.raises(UserError, match='train.csv line 1: the header emotion,pixels lacks column.* Usage'):
         load_dataset('fer2013', tmp_path / 'train.csv', **SILENT)
-    (tmp_path / 'fer2013.csv').write_text(f'{FER_HEADER}0,{PIXELS},Training\n1,{PIXELS},PrivateTest\n')
+    (tmp_path / 'fer2013.csv').write_text(f'{FER_HEADER}0,{PIXELS},Training\n1,{PIXELS},PrivateTest\n'
+                                          f'2,{PIXELS},PublicTest\n')
     header = 'Usage,Image name,' + ','.join(formats.FERPLUS_VOTES) + '\n'
     (tmp_path / 'short.csv').write_text(header + 'Training,fer0.png,10,0,0,0,0,0,0,0,0,0\n')
-    with pytest.raises(UserError, match='short.csv has 1 rows but the FER2013 file has 2'):
+    with pytest.raises(UserError, match='short.csv has 1 rows but the FER2013 file has 3'):
         load_dataset('fer2013', tmp_path, ferplus_labels='short.csv', **SILENT)
     (tmp_path / 'order.csv').write_text(header + 'Training,a.png,10,0,0,0,0,0,0,0,0,0\n'
                                                  'PublicTest,b.png,10,0,0,0,0,0,0,0,0,0\n')
@@ -138,21 +141,65 @@ def test_fer2013_without_usage_column_and_ferplus_of_another_file(tmp_path):
         load_dataset('fer2013', tmp_path, ferplus_labels='order.csv', **SILENT)
 
 
-def test_full_size_fer2013_csv_decodes_and_caches_in_seconds(tmp_path):
-    # 35,887 rows like Kaggle's file (about 290 MB); distinct rows repeated, as the parser cannot tell.
+def test_fer2013_csv_of_many_rows_is_parsed_and_cached(tmp_path):
+    # Kaggle's file in miniature (its 35,887 rows take the same path): distinct rows repeated, as the parser cannot
+    # tell, in Kaggle's order of the Usage parts.
     rng = np.random.default_rng(0)
     rows = [' '.join(map(str, rng.integers(0, 256, 2304))) for _ in range(16)]
-    usage = ['Training'] * 28709 + ['PublicTest'] * 3589 + ['PrivateTest'] * 3589
+    usage = ['Training'] * 1600 + ['PublicTest'] * 200 + ['PrivateTest'] * 200
     path = tmp_path / 'fer2013.csv'
     with open(path, 'w') as f:
         f.write(FER_HEADER)
         f.writelines(f'{i % 7},{rows[i % 16]},{use}\n' for i, use in enumerate(usage))
-    start = time.perf_counter()
     data = load_dataset('fer2013', path, **SILENT)
-    seconds = time.perf_counter() - start
-    assert (len(data.train.labels), len(data.val.labels), len(data.test.labels)) == (28709, 3589, 3589)
-    assert seconds < 30, f'{seconds:.1f} s to decode and cache 35,887 rows'
+    assert (len(data.train.labels), len(data.val.labels), len(data.test.labels)) == (1600, 200, 200)
+    assert data.test.labels.tolist() == [i % 7 for i in range(1800, 2000)]
+    assert data.test.images[5, 0].flatten().tolist() == list(map(int, rows[1805 % 16].split()))
     assert list((tmp_path / '.cache').glob('fer2013-*.pt'))
+
+
+def fer2013_rows(usages):
+    return FER_HEADER + ''.join(f'{i % 7},{PIXELS},{use}\n' for i, use in enumerate(usages))
+
+
+@pytest.mark.parametrize('missing', formats.FER2013_USAGE)
+def test_fer2013_without_a_part_is_refused(tmp_path, missing):
+    # Without PrivateTest rows a run would "test" on nothing and report 0.00%.
+    path = tmp_path / 'fer2013.csv'
+    path.write_text(fer2013_rows([use for use in formats.FER2013_USAGE if use != missing] * 2))
+    with pytest.raises(UserError, match=f'{re.escape(str(path))} has no rows with Usage {missing}; the protocol'):
+        load_dataset('fer2013', path, **SILENT)
+
+
+def test_ferplus_that_drops_a_whole_part_is_refused(tmp_path):
+    (tmp_path / 'fer2013.csv').write_text(fer2013_rows(formats.FER2013_USAGE))
+    header = 'Usage,Image name,' + ','.join(formats.FERPLUS_VOTES) + '\n'
+    (tmp_path / 'new.csv').write_text(header + 'Training,a.png,10,0,0,0,0,0,0,0,0,0\n'
+                                               'PublicTest,b.png,0,0,0,0,0,0,0,0,0,10\n'  # not a face
+                                               'PrivateTest,c.png,10,0,0,0,0,0,0,0,0,0\n')
+    with pytest.raises(UserError, match='new.csv keep none of the 1 PublicTest rows of .*fer2013.csv'):
+        load_dataset('fer2013', tmp_path, ferplus_labels='new.csv', **SILENT)
+
+
+def test_fer2013_saved_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / 'fer2013.csv'
+    path.write_text(fer2013_rows(formats.FER2013_USAGE), encoding='utf-8-sig')  # as Excel saves "CSV UTF-8"
+    assert path.read_bytes().startswith(b'\xef\xbb\xbf')
+    data = load_dataset('fer2013', path, **SILENT)
+    assert [len(part.labels) for part in (data.train, data.val, data.test)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize('damage', ['unclosed_quote', 'long_field'])
+def test_fer2013_row_too_long_for_the_csv_reader_is_named(tmp_path, damage):
+    path = tmp_path / 'fer2013.csv'
+    if damage == 'unclosed_quote':  # the rest of the file becomes one field
+        rows = f'1,"{PIXELS},PublicTest\n' + f'2,{PIXELS},PrivateTest\n' * 60
+    else:
+        rows = f'1,{" ".join(["7"] * 70000)},PublicTest\n'
+    path.write_text(f'{FER_HEADER}0,{PIXELS},Training\n{rows}')
+    with pytest.raises(UserError, match=f'{re.escape(str(path))} line 3: not a CSV row the reader can split '
+                                        r'\(field larger than field limit .*a quote that is never closed'):
+        load_dataset('fer2013', path, **SILENT)
 
 
 # ---------------------------------------------------------------- CK+
@@ -208,18 +255,32 @@ def test_ckplus_trains_one_epoch_on_a_fold(tmp_path, monkeypatch):
     assert sum(map(sum, metrics['last']['confusion_matrix'])) == sum(folds[s] == 3 for s in listing.subjects)
 
 
-def ckplus_copy(root):
-    """A tiny CK+ tree: two subjects, one labelled sequence each."""
+def ckplus_copy(root, sequences=(('S005', 3, 5), ('S010', 5, 5))):
+    """A tiny CK+ tree: one labelled sequence of each (subject, emotion code, frames)."""
     rng = np.random.default_rng(0)
-    for subject, code in (('S005', 3), ('S010', 5)):
-        for k in range(1, 6):
+    for subject, code, frames in sequences:
+        for k in range(1, frames + 1):
             path = root / 'cohn-kanade-images' / subject / '001' / f'{subject}_001_{k:08d}.png'
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 256, (49, 64), dtype=np.uint8)).save(path)
-        label = root / 'Emotion' / subject / '001' / f'{subject}_001_00000005_emotion.txt'
+        label = root / 'Emotion' / subject / '001' / f'{subject}_001_{frames:08d}_emotion.txt'
         label.parent.mkdir(parents=True)
         label.write_text(f'   {code:.7e}\n')
     return root
+
+
+@pytest.mark.parametrize('neutral', [False, True])
+def test_short_ckplus_sequences_never_label_their_neutral_first_frame(tmp_path, neutral):
+    root = ckplus_copy(tmp_path / 'ck', (('S005', 3, 3), ('S010', 5, 2), ('S020', 1, 1)))
+    listing = formats.list_ckplus(root, neutral=neutral)
+    chosen = {os.path.basename(path): label for path, label in zip(listing.paths, listing.labels)}
+    disgust, happy = neutral + 2, neutral + 4  # codes 3 and 5
+    expected = {'S005_001_00000002.png': disgust, 'S005_001_00000003.png': disgust,  # 3 frames: the last 2
+                'S010_001_00000002.png': happy}  # 2 frames: the last; the 1-frame sequence: none
+    if neutral:
+        expected.update({'S005_001_00000001.png': 0, 'S010_001_00000001.png': 0})
+    assert chosen == expected
+    assert '1 single-frame sequence(s) skipped' in listing.summary
 
 
 @pytest.mark.parametrize('damage, message', [
@@ -368,17 +429,17 @@ def test_rank_pooling_coefficients_equal_the_closed_forms(length, expected):
 def test_dynamic_image_of_constant_and_reversed_clips():
     rng = np.random.default_rng(0)
     still = rng.uniform(0, 255, (6, 5, 3))
-    assert not data_loader.dynamic_image([still] * 7).any()  # exactly zero, not rounding noise
-    assert np.unique(data_loader.scale_to_uint8(data_loader.dynamic_image([still] * 7))).size == 1
+    assert not dataset_tools.dynamic_image([still] * 7).any()  # exactly zero, not rounding noise
+    assert np.unique(dataset_tools.scale_to_uint8(dataset_tools.dynamic_image([still] * 7))).size == 1
     # Reversing the frames negates the image for T = 2 (any frames), and for any T when the frames change linearly
     # in time (the coefficients are not antisymmetric beyond T = 2).
     a, b = rng.uniform(0, 255, (2, 6, 5, 3))
     clips = [[a, b]] + [[a + t * b for t in range(length)] for length in (3, 5)]
     for frames in clips:
-        forward, backward = data_loader.dynamic_image(frames), data_loader.dynamic_image(frames[::-1])
+        forward, backward = dataset_tools.dynamic_image(frames), dataset_tools.dynamic_image(frames[::-1])
         np.testing.assert_allclose(backward, -forward, atol=1e-9)
         assert np.abs(forward).max() > 1
-    scaled = data_loader.scale_to_uint8(data_loader.dynamic_image(clips[2]))
+    scaled = dataset_tools.scale_to_uint8(dataset_tools.dynamic_image(clips[2]))
     assert scaled.dtype == np.uint8 and scaled.min() == 0 and scaled.max() == 255
 
 
@@ -391,7 +452,7 @@ def test_dynamic_images_follow_the_clip_list_and_train_leave_one_subject_out(tmp
     clips = tmp_path / 'clips'
     synthetic.make_synthetic(str(clips), 'clips', 12, subjects=3, frames=6, **SILENT)
     out = tmp_path / 'dynamic'
-    assert data_loader.make_dynamic_images(clips / 'clips', clips / 'labels.csv', out, **SILENT) == (
+    assert dataset_tools.make_dynamic_images(clips / 'clips', clips / 'labels.csv', out, **SILENT) == (
         12, 3, ['negative', 'positive', 'surprise'])
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob('*.png'))
     assert len(files) == 12 and all(re.fullmatch(r'(negative|positive|surprise)/sub0[123]_EP\d\d_\d+\.png', f)
@@ -400,7 +461,7 @@ def test_dynamic_images_follow_the_clip_list_and_train_leave_one_subject_out(tmp
     entry = formats.read_clip_list(clips / 'labels.csv')[0]
     folder = clips / 'clips' / entry.subject / entry.clip
     frames = [folder / f'img{k}.jpg' for k in range(entry.onset, entry.offset + 1)]
-    expected = data_loader.scale_to_uint8(data_loader.dynamic_image([data_loader.decode_image(f) for f in frames]))
+    expected = dataset_tools.scale_to_uint8(dataset_tools.dynamic_image([data_loader.decode_image(f) for f in frames]))
     written = np.array(Image.open(out / entry.label / f'{entry.subject}_{entry.clip}.png'))
     assert np.array_equal(written, expected)
     run_in_process(train, ['--dataset', 'folder', '--data', str(out), '--folds', '3', '--fold', '1', '--save', 'DI',
@@ -423,5 +484,16 @@ def test_malformed_clips_are_named(tmp_path, rows, message):
     header = 'subject,clip,label' + (',onset,offset' if rows.count(',') > 2 else '') + '\n'
     (tmp_path / 'labels.csv').write_text(header + rows)
     with pytest.raises(UserError, match=message):
-        data_loader.make_dynamic_images(tmp_path / 'clips', tmp_path / 'labels.csv', tmp_path / 'out', **SILENT)
+        dataset_tools.make_dynamic_images(tmp_path / 'clips', tmp_path / 'labels.csv', tmp_path / 'out', **SILENT)
     assert not (tmp_path / 'out').exists()
+
+
+def test_dynamic_images_refuse_a_non_empty_output_folder(tmp_path):
+    clip_frames(tmp_path / 'clips' / 's1' / 'c2', [9, 10, 11])
+    (tmp_path / 'labels.csv').write_text('subject,clip,label\ns1,c2,happy\n')
+    (tmp_path / 'out').mkdir()
+    (tmp_path / 'out' / 'keep.txt').write_text('user data')
+    with pytest.raises(UserError, match='out already exists and is not empty'):
+        dataset_tools.make_dynamic_images(tmp_path / 'clips', tmp_path / 'labels.csv', tmp_path / 'out', **SILENT)
+    assert os.listdir(tmp_path / 'out') == ['keep.txt']
+    assert sorted(os.listdir(tmp_path)) == ['clips', 'labels.csv', 'out']  # nothing half-built beside it

@@ -1,8 +1,10 @@
-"""Tests for data_loader.py: dataset layouts, label noise, cache, splits, augmentation and the device loader."""
+"""Loading RAF-DB and AffectNet (data_loader.py): decoding, label noise, the cache, splits, the training augmentation
+(augment.py) and the device loader; and bad input to each."""
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,10 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 import data_loader
-from data_loader import (DeviceLoader, load_dataset, measure_throughput, prepare_batch, random_erasing, source_augment,
-                         stratified_split)
+from augment import random_erasing, source_augment
+from data_loader import DeviceLoader, decode_image, load_dataset, measure_throughput, prepare_batch, stratified_split
 from formats import AFFECTNET_CLASSES, RAFDB_CLASSES, make_noise
-from cli import UserError
+from errors import UserError
 
 SIZE = 16  # tiny source size keeps decoding instant
 TRAIN_LABELS = [1, 2, 3, 4, 5, 6, 7, 4, 4, 7]  # 1-based, as in list_patition_label.txt
@@ -177,6 +179,52 @@ def test_unreadable_cache_is_named_and_rebuilt(rafdb, content):
     assert any(m.startswith('warning: ignoring unreadable cache ') and str(rafdb / '.cache') in m for m in messages)
     third, _ = load(rafdb, log=messages.append)  # rebuilt: read from the cache again
     assert torch.equal(first.images, third.images) and 'from cache' in messages[-1]
+
+
+def test_unwritable_cache_only_warns(rafdb, monkeypatch):
+    def full_disk(content, path):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(torch, 'save', full_disk)
+    messages = []
+    train, _ = load(rafdb, log=messages.append)
+    assert train.images.shape == (10, 3, SIZE, SIZE)
+    assert any(m.startswith(f'warning: could not write {rafdb / ".cache"}') and 'No space left on device' in m
+               for m in messages)
+    assert not list((rafdb / '.cache').iterdir())  # no partial file left
+
+
+# ---------------------------------------------------------------- decoding
+
+def test_decoding_turns_a_photo_by_its_exif_orientation(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: shown turned 90 degrees clockwise, as a phone stores a portrait photo
+    Image.fromarray(pixels).save(tmp_path / 'portrait.png', exif=exif)
+    assert np.array_equal(decode_image(tmp_path / 'portrait.png'), np.rot90(pixels, k=-1))
+
+
+@pytest.mark.parametrize('grayscale', [False, True])
+def test_16_bit_png_decodes_like_its_8_bit_twin(tmp_path, grayscale):
+    gray = np.random.default_rng(0).integers(0, 256, (24, 24), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / '8.png')
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / '16.png')  # 0..255 -> 0..65535
+    with Image.open(tmp_path / '16.png') as image:
+        assert image.mode in data_loader.SIXTEEN_BIT_MODES
+    for size in (None, SIZE):
+        assert np.array_equal(decode_image(tmp_path / '16.png', size, grayscale),
+                              decode_image(tmp_path / '8.png', size, grayscale))
+
+
+def test_a_long_decode_reports_its_progress(rafdb, monkeypatch):
+    readings = iter(range(0, 10**6, 20))  # every reading of the clock 20 s after the last
+    monkeypatch.setattr(data_loader, 'time', SimpleNamespace(perf_counter=lambda: next(readings)))
+    paths = sorted((rafdb / 'Image/aligned').glob('train_*'))
+    messages = []
+    data_loader.load_images(paths, SIZE, cache_dir=rafdb / 'c', log=messages.append)
+    # The decode starts at 20 s; a line once 30 s have passed since the last, none after the last image.
+    assert [m for m in messages if m.endswith(' left')] == [
+        'decoding 2 of 10 images, 0:02:40 left', 'decoding 4 of 10 images, 0:02:00 left',
+        'decoding 6 of 10 images, 0:01:20 left', 'decoding 8 of 10 images, 0:00:40 left']
 
 
 # ---------------------------------------------------------------- split

@@ -1,0 +1,157 @@
+"""The dataset commands (python data_loader.py make-synthetic | make-noise | make-dynamic-images), dynamic images."""
+import argparse
+import contextlib
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import formats
+import run_folder
+from data_loader import decode_image
+from errors import UserError
+
+
+# ---------------------------------------------------------------- dynamic images (EmoNAS Sec. 3, Eqs. 1-5)
+
+def rank_pooling_coefficients(length):
+    """The frame weights beta_1..beta_T of approximate rank pooling (Bilen et al. 2016), which EmoNAS cites and whose
+    formula it prints with a typo: beta_t = 2(T - t + 1) - (T + 1)(H_T - H_{t-1}), H_k the k-th
+    harmonic number. They sum to zero, so what does not change over the clip cancels."""
+    t = np.arange(1, length + 1)
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / t)])
+    return 2.0 * (length - t + 1) - (length + 1) * (harmonic[length] - harmonic[t - 1])
+
+
+def dynamic_image(frames):
+    """sum_t beta_t V_t of a clip's equally sized frames (first to last), un-scaled, in float64.
+
+    Computed as sum_t beta_t (V_t - V_1), equal since the betas sum to zero: identical frames then give exactly
+    zero, not rounding noise that min-max scaling would blow up into an image."""
+    first = np.asarray(frames[0], dtype=np.float64)
+    image = np.zeros_like(first)
+    for beta, frame in zip(rank_pooling_coefficients(len(frames))[1:], frames[1:]):
+        image += beta * (np.asarray(frame, dtype=np.float64) - first)
+    return image
+
+
+def scale_to_uint8(image):
+    """Min-max over all pixels and channels to 0..255, as Bilen et al.'s released code (EmoNAS does not say); an
+    image without any change (a clip without motion) is all zeros."""
+    low, high = image.min(), image.max()
+    if not high > low:
+        return np.zeros(image.shape, dtype=np.uint8)
+    return np.rint((image - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _file_name_part(text):
+    return re.sub(r'[^A-Za-z0-9._-]+', '-', text)
+
+
+def clip_frames(clips, entry, labels):
+    """The frames of one clip of a clip list, decoded: those of clips/<subject>/<clip>/ (or clips/<clip>/) in name
+    order, numbered onset..offset if the list gives them."""
+    folder = Path(clips) / entry.subject / entry.clip
+    if not folder.is_dir() and (Path(clips) / entry.clip).is_dir():
+        folder = Path(clips) / entry.clip
+    if not folder.is_dir():
+        raise UserError(f"{labels} line {entry.line}: no frame folder {folder} (nor {Path(clips) / entry.clip}).")
+    paths = sorted(formats.image_files(folder), key=formats.natural_key)
+    span = ''
+    if entry.onset is not None:
+        numbers = [formats.frame_number(path) for path in paths]
+        paths = [path for path, n in zip(paths, numbers) if n is not None and entry.onset <= n <= entry.offset]
+        span = f' numbered {entry.onset}..{entry.offset}'
+    if len(paths) < 2:
+        raise UserError(f"{labels} line {entry.line}: clip {folder} has {len(paths)} frame(s){span}; a dynamic image "
+                        f"needs at least 2.")
+    frames = [decode_image(path) for path in paths]
+    for path, frame in zip(paths, frames):
+        if frame.shape != frames[0].shape:
+            raise UserError(f"{labels} line {entry.line}: frame {path} is {frame.shape[1]}x{frame.shape[0]}, but "
+                            f"{paths[0]} is {frames[0].shape[1]}x{frames[0].shape[0]}; a clip's frames must have one "
+                            f"size.")
+    return frames
+
+
+def make_dynamic_images(clips, labels, out, log=print):
+    """Write one dynamic image per clip of the clip list `labels` as out/<label>/<subject>_<clip>.png, a class-folder
+    dataset for --dataset folder --folds (the subject precedes the first '_'). Returns (images written, subjects,
+    classes)."""
+    entries = formats.read_clip_list(labels)
+    out = Path(out)
+    subjects, written, plan = {}, {}, []
+    for entry in entries:
+        # The subject is what precedes the first '_' of the file name, so it must hold none.
+        subject = _file_name_part(entry.subject).replace('_', '-')
+        if subjects.setdefault(subject, entry.subject) != entry.subject:
+            raise UserError(f"{labels} line {entry.line}: subjects {subjects[subject]!r} and {entry.subject!r} "
+                            f"would have the same file-name form {subject!r}; rename one.")
+        stem = f'{subject}_{_file_name_part(entry.clip)}'
+        if stem in written:
+            raise UserError(f"{labels} line {entry.line}: clip {entry.subject}/{entry.clip} is listed twice "
+                            f"(also line {written[stem]}).")
+        written[stem] = entry.line
+        plan.append((entry, Path(_file_name_part(entry.label)) / f'{stem}.png'))
+    with contextlib.suppress(OSError):  # as mkdir -p; a parent that cannot be made is named by atomic_folder
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with run_folder.atomic_folder(out) as tmp:
+        for entry, name in plan:
+            frames = clip_frames(clips, entry, labels)
+            (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(scale_to_uint8(dynamic_image(frames))).save(Path(tmp) / name)
+    classes = sorted({name.parent.name for _, name in plan})
+    log(f"wrote {len(written)} dynamic images of {len(subjects)} subjects in {len(classes)} classes "
+        f"({', '.join(classes)}) to {out}; leave-one-subject-out: python train.py --dataset folder --data {out} "
+        f"--folds {len(subjects)} --fold i, for i in 0..{len(subjects) - 1}")
+    return len(written), len(subjects), classes
+
+
+# ---------------------------------------------------------------- command line
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Dataset utilities for GLA-FERNet.')
+    commands = parser.add_subparsers(dest='command', required=True)
+    synth = commands.add_parser('make-synthetic', help='generate a small procedural face dataset')
+    synth.add_argument('--out', required=True, help='folder to write the dataset into')
+    synth.add_argument('--layout', choices=['rafdb', 'affectnet', 'fer2013', 'ckplus', 'folder', 'clips'],
+                       default='rafdb', help='layout to imitate')
+    synth.add_argument('--train', type=int, default=None,
+                       help="training images; ckplus: labelled sequences; clips: clips (default: synthetic.py's)")
+    synth.add_argument('--test', type=int, default=None,
+                       help="test images; fer2013: PublicTest and PrivateTest rows each (default: synthetic.py's)")
+    synth.add_argument('--subjects', type=int, default=None,
+                       help="ckplus and clips: people showing the sequences (default: synthetic.py's)")
+    synth.add_argument('--seed', type=int, default=0, help='random seed')
+    dynamic = commands.add_parser('make-dynamic-images',
+                                  help='turn micro-expression clips into dynamic images, a class-folder dataset')
+    dynamic.add_argument('--clips', required=True, help='folder holding <subject>/<clip>/ (or <clip>/) frame folders')
+    dynamic.add_argument('--labels', required=True,
+                         help='CSV with the header subject,clip,label[,onset,offset] (onset, offset: frame numbers)')
+    dynamic.add_argument('--out', required=True, help='folder to write <label>/<subject>_<clip>.png into')
+    noise = commands.add_parser('make-noise', help='write EmoLabel/new_N_noise.txt for a RAF-DB folder')
+    noise.add_argument('--data', required=True, help='RAF-DB root holding EmoLabel/list_patition_label.txt')
+    noise.add_argument('--rate', type=float, required=True, help='fraction of training labels to flip, e.g. 0.1')
+    noise.add_argument('--seed', type=int, default=0, help='random seed')
+    noise.add_argument('--overwrite', action='store_true', help='replace an existing noise file of that rate')
+    args = parser.parse_args(argv)
+    try:
+        if args.command == 'make-synthetic':
+            import synthetic  # only here: the generator is not needed to read data
+            sizes = {k: v for k, v in (('n_train', args.train), ('n_test', args.test), ('subjects', args.subjects))
+                     if v is not None}
+            synthetic.make_synthetic(args.out, layout=args.layout, seed=args.seed, **sizes)  # reports what it wrote
+        elif args.command == 'make-dynamic-images':
+            make_dynamic_images(args.clips, args.labels, args.out)  # reports what it wrote
+        else:
+            path, flipped, total = formats.make_noise(args.data, args.rate, args.seed, overwrite=args.overwrite)
+            print(f"wrote {path}: {flipped} of {total} training labels flipped to another class "
+                  f"({100 * flipped / total:.1f}%), seed {args.seed}")
+    except UserError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == '__main__':
+    main()

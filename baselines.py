@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import model
 import recipes
+from model import linear_class_maps
 from errors import UserError
 from operations import StridedPointwise, channel_shuffle
 
@@ -78,7 +79,16 @@ class FGWBlock(nn.Module):
         return self.main(x) + self.shortcut(x)
 
 
-class FGWFER(nn.Module):
+class FeaturesAndHead(nn.Module):
+    """A network split as timm splits its models: forward(x) = forward_head(forward_features(x)), the features the last
+    feature map (N x C x H x W) and the head its pooling and classifier. The noise-robust training methods and the
+    class activation maps use the two halves."""
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+class FGWFER(FeaturesAndHead):
     """FGW-FER: two 3x3 convolutions and CBAM, four residual blocks of widths 16-128, a 3x3 convolution to the
     classes and global average pooling. all_conv: the paper's ablation, each separable convolution a 3x3 one."""
 
@@ -98,8 +108,17 @@ class FGWFER(nn.Module):
             if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x):
-        return self.head(self.blocks(self.stem(x))).mean((2, 3))
+    def forward_features(self, x):
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, features):
+        return self.head(features).mean((2, 3))
+
+    def class_activation_maps(self, features, detach_weights=False):
+        """The head's 3x3 convolution to the classes, before its pooling, without its bias (CAM)."""
+        conv = self.head[1]
+        weight = conv.weight.detach() if detach_weights else conv.weight
+        return F.conv2d(features, weight, padding=conv.padding)
 
 
 def fgw_fer(num_classes, all_conv=False, dropout=0.5):
@@ -109,9 +128,30 @@ def fgw_fer(num_classes, all_conv=False, dropout=0.5):
 # ==========================================================================================================
 # ShuffleNetV2-1.0x (torchvision), RLR-CNet's baseline: 1,260,779 parameters, 1,244,592 conv+FC weights
 
+class TorchvisionNetwork(FeaturesAndHead):
+    """A torchvision classification network with torchvision's module names (its ImageNet weights load as they are),
+    split into features and head (pooling, then the Linear `fc`)."""
+
+    def __init__(self, network):
+        super().__init__()
+        for name, module in network.named_children():
+            self.add_module(name, module)
+
+    def forward_head(self, features):
+        return self.fc(features.mean((2, 3)))
+
+    def class_activation_maps(self, features, detach_weights=False):
+        return linear_class_maps(self.fc, features, detach_weights)
+
+
+class ShuffleNetV2(TorchvisionNetwork):
+    def forward_features(self, x):
+        return self.conv5(self.stage4(self.stage3(self.stage2(self.maxpool(self.conv1(x))))))
+
+
 def shufflenet_v2(num_classes):
     import torchvision  # here, not at the top: importing it takes a second (it loads torch._dynamo)
-    return torchvision.models.shufflenet_v2_x1_0(num_classes=num_classes)
+    return ShuffleNetV2(torchvision.models.shufflenet_v2_x1_0(num_classes=num_classes))
 
 
 # ==========================================================================================================
@@ -193,7 +233,7 @@ def shufflenet_stage(c_in, c_out, blocks):
     return [ClipK5Block(c_in, c_out, 2)] + [ClipK5Block(c_out, c_out, 1) for _ in range(blocks - 1)]
 
 
-class RLRCNet(nn.Module):
+class RLRCNet(FeaturesAndHead):
     """RLR-CNet: a shared trunk, two branches and one linear layer over both branches' pooled features.
 
     split='bbn' (our reading, docs/baselines.md "RLR-CNet"; 1,027,457 parameters): the branches are two copies of Stage 4's
@@ -225,11 +265,20 @@ class RLRCNet(nn.Module):
     def branch_features(self, branch, trunk_output):
         return self.conv5(branch(trunk_output)).mean((2, 3))
 
+    def forward_features(self, x):
+        """Inference's features: both branches' maps on one trunk pass, concatenated (2048 channels)."""
+        shared = self.trunk(x)
+        return torch.cat([self.conv5(self.branch1(shared)), self.conv5(self.branch2(shared))], 1)
+
+    def forward_head(self, features):
+        return self.classifier(features.mean((2, 3)))
+
+    def class_activation_maps(self, features, detach_weights=False):
+        return linear_class_maps(self.classifier, features, detach_weights)
+
     def forward(self, x, x_reversed=None, alpha=0.5):
         if x_reversed is None:
-            shared = self.trunk(x)
-            f1, f2 = self.branch_features(self.branch1, shared), self.branch_features(self.branch2, shared)
-            return self.classifier(torch.cat([f1, f2], 1))
+            return super().forward(x)
         f1 = self.branch_features(self.branch1, self.trunk(x))
         f2 = self.branch_features(self.branch2, self.trunk(x_reversed))
         return self.classifier(torch.cat([alpha * f1, (1 - alpha) * f2], 1))
@@ -251,9 +300,12 @@ def cumulative_alpha(epoch, epochs):
 CORES_SE_REDUCTION, CORES_SE_HIDDEN = 16, 512
 
 
-class CoResSE(nn.Module):
+class CoResSE(FeaturesAndHead):
     """Concatenated pooled features of ResNet-50 (2048) and ConvNeXt-Tiny (768, without its head's LayerNorm),
     gated by a squeeze-and-excitation MLP, then Linear 2816->512, ReLU, Dropout, Linear 512->classes.
+
+    Its two backbones' last maps differ in size at most input sizes (7x7 both at 224 px only), so its features are the
+    pooled 2816 channels, as a 1 x 1 map: no class activation map.
 
     gate='sample' (default) gates each image by its own features; gate='batch' is the notebook's gate, computed
     from the mean over the batch, so that an image's prediction depends on the other images of its batch."""
@@ -272,8 +324,11 @@ class CoResSE(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(features, CORES_SE_HIDDEN), nn.ReLU(inplace=True),
                                         nn.Dropout(dropout), nn.Linear(CORES_SE_HIDDEN, num_classes))
 
-    def forward(self, x):
-        features = torch.cat([self.resnet(x), self.convnext(x).flatten(1)], 1)
+    def forward_features(self, x):
+        return torch.cat([self.resnet(x), self.convnext(x).flatten(1)], 1)[:, :, None, None]
+
+    def forward_head(self, features):
+        features = features.flatten(1)
         squeezed = features.mean(0, keepdim=True) if self.gate == 'batch' else features
         return self.classifier(features * self.se(squeezed))
 

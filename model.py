@@ -99,6 +99,23 @@ class Network(nn.Module):
         self.classifier = nn.Linear(C_prev, num_classes)
 
     def forward(self, x):
+        features, logits_aux = self.cells_forward(x)
+        return self.forward_head(features), logits_aux
+
+    def forward_features(self, x):
+        """The last cell's output, N x C x H x W (timm's convention; the auxiliary logits are forward's only)."""
+        return self.cells_forward(x)[0]
+
+    def forward_head(self, features):
+        """Global average pooling and the linear classifier."""
+        return self.classifier(self.global_pooling(features).flatten(1))
+
+    def class_activation_maps(self, features, detach_weights=False):
+        """The classifier applied at every position (CAM): maps whose spatial mean is the logits less the bias."""
+        return linear_class_maps(self.classifier, features, detach_weights)
+
+    def cells_forward(self, x):
+        """(the last cell's output, the auxiliary head's logits in training with one, else None)."""
         if x.shape[-1] % 4 or x.shape[-2] % 4:
             check_image_size(tuple(x.shape[-2:]))
         logits_aux = None
@@ -107,5 +124,11 @@ class Network(nn.Module):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == reduction_cells(self._layers)[1] and self._auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
-        out = self.global_pooling(s1)
-        return self.classifier(out.flatten(1)), logits_aux
+        return s1, logits_aux
+
+
+def linear_class_maps(linear, features, detach_weights=False):
+    """A linear classifier applied at every position of a feature map, without its bias: N x classes x H x W.
+    detach_weights: the maps give no gradient to the classifier (EAC's attention consistency)."""
+    weight = linear.weight.detach() if detach_weights else linear.weight
+    return torch.einsum('kc,nchw->nkhw', weight, features)

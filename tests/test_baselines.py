@@ -159,3 +159,29 @@ def test_benchmark_measures_one_network_alone(tmp_path):
         assert 0 < results[key] < float('inf'), key
     assert 'search_step_img_s' not in results and 'data_img_s' not in results
     assert results['config']['model'] == 'rlr_cnet'
+
+
+@pytest.mark.parametrize('name', [n for n in recipes.MODELS if n != 'cores_se'])
+def test_features_then_head_is_the_network_and_cams_average_to_the_logits(name):
+    torch.manual_seed(0)
+    options = {'genotype': genotypes.GLA_FERNet, 'init_channels': 8, 'layers': 3, 'image_size': 32} \
+        if name == 'gla_fernet' else {}
+    net = baselines.create_model(name, 7, **options).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = net.forward_features(x)
+        logits = utils.main_logits(net(x))
+        assert features.dim() == 4 and torch.allclose(net.forward_head(features), logits, atol=1e-5)
+        # CAM: the classifier at every position; its spatial mean is the logit less the classifier's bias
+        bias = (net.head[1] if name == 'fgw_fer' else getattr(net, 'classifier', None) or net.fc).bias
+        maps = net.class_activation_maps(features)
+        assert maps.shape[:2] == (2, 7) and torch.allclose(maps.mean((2, 3)), logits - bias, atol=1e-4)
+
+
+def test_cores_se_features_are_its_pooled_channels_and_its_head_the_gated_mlp(cores_se):
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        features = cores_se.forward_features(x)
+        assert features.shape == (2, 2816, 1, 1)
+        assert torch.equal(cores_se.forward_head(features), cores_se(x))
+    assert not hasattr(cores_se, 'class_activation_maps')

@@ -155,6 +155,20 @@ def shufflenet_v2(num_classes):
 
 
 # ==========================================================================================================
+# ResNet-18 (torchvision), the backbone of the noisy-label FER methods (noise.py): 11,180,103 parameters for 7 classes
+
+class ResNet(TorchvisionNetwork):
+    def forward_features(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def resnet18(num_classes):
+    import torchvision  # see shufflenet_v2
+    return ResNet(torchvision.models.resnet18(num_classes=num_classes))
+
+
+# ==========================================================================================================
 # RLR-CNet (docs/baselines.md "RLR-CNet"): Clip_K5 ShuffleNetV2 with beta-Mish, Shuffle Attention and two BBN branches
 
 BETA_MISH_ALPHA, BETA_MISH_BETA = 7.0, 35.0  # RLR-CNet Eq. 5
@@ -383,13 +397,47 @@ def pretrained_file_names(name):
     return [os.path.basename(weights.url) for _, weights in pretrained_weights(name)]
 
 
+def read_weights(path, what):
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- whatever is in the file, it is not these weights
+        raise UserError(f'--pretrained: {path} is not a readable {what} ({type(e).__name__}: '
+                        f'{str(e).splitlines()[0][:200]})') from None
+
+
+def load_face_checkpoint(network, name, path, log=print):
+    """Load a face-recognition checkpoint file into `network` (a torchvision model): the MS-Celeb-1M ResNet-18 that
+    SCN, RUL, EAC and NLA start from (resnet18_msceleb.pth: a dict whose 'state_dict' is in torchvision's names,
+    with its own classifier). Its classifier is replaced by the FER one; every other weight must be present, and
+    the file's keys that the network does not have are named in the log (SCN, RUL and EAC load with strict=False,
+    which ignores them silently)."""
+    state = read_weights(path, 'checkpoint')
+    if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
+        state = state['state_dict']
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f'--pretrained: {path} holds neither a state dict nor a dict with one under "state_dict"')
+    state = {k.removeprefix('module.'): v for k, v in state.items()}  # saved from DataParallel
+    own = {k: v for k, v in network.state_dict().items() if not k.startswith(IMAGENET_HEADS)}
+    wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if wrong:
+        raise UserError(f'--pretrained: {path} does not hold the weights of {name} ({len(wrong)} missing or of '
+                        f'another shape, e.g. {wrong[0]}: a checkpoint of another network?)')
+    unused = sorted(k for k in state if k not in own and not k.startswith(IMAGENET_HEADS))
+    network.load_state_dict({k: state[k] for k in own}, strict=False)
+    log(f'loaded {len(own)} tensors of {os.path.basename(path)} into {name}; its classifier is replaced' +
+        (f'; not loaded: {", ".join(unused)}' if unused else ''))
+
+
 def load_pretrained(network, name, source, log=print):
     """Load the ImageNet weights of `network`'s backbones (model `name`): source 'imagenet' downloads them with
-    torchvision's weights API; otherwise it is a folder holding torchvision's weight files (pretrained_file_names).
-    The ImageNet classifiers are dropped; every other backbone weight must be present."""
+    torchvision's weights API; a folder holds torchvision's weight files (pretrained_file_names); a file is a
+    face-recognition checkpoint (load_face_checkpoint, models with face_checkpoint). The ImageNet classifiers are
+    dropped; every other backbone weight must be present."""
     if not recipes.MODELS[name].pretrained:
         having = [n for n, m in recipes.MODELS.items() if m.pretrained]
         raise UserError(f'--pretrained: {name} has no ImageNet backbone (only {", ".join(having)} have)')
+    if source != 'imagenet' and os.path.isfile(source) and recipes.MODELS[name].face_checkpoint:
+        return load_face_checkpoint(network, name, source, log)
     for attribute, weights in pretrained_weights(name):
         file_name = os.path.basename(weights.url)
         if source == 'imagenet':
@@ -406,11 +454,7 @@ def load_pretrained(network, name, source, log=print):
                 raise UserError(f'--pretrained {source}: {path} does not exist; the folder must hold torchvision\'s '
                                 f'ImageNet weight files {", ".join(pretrained_file_names(name))} (from '
                                 f'{", ".join(w.url for _, w in pretrained_weights(name))})')
-            try:
-                state = torch.load(path, map_location='cpu', weights_only=True)
-            except Exception as e:  # noqa: BLE001 -- whatever is in the file, it is not these weights
-                raise UserError(f'--pretrained: {path} is not a readable weights file '
-                                f'({type(e).__name__}: {e})') from None
+            state = read_weights(path, 'weights file')
         backbone = getattr(network, attribute) if attribute else network
         state = {k: v for k, v in state.items() if not k.startswith(IMAGENET_HEADS)}
         own = {k: v for k, v in backbone.state_dict().items() if not k.startswith(IMAGENET_HEADS)}

@@ -82,6 +82,15 @@ def time_calls(fn, device, steps, repeats, warmup=3):
     return statistics.median(times), min(times), max(times)
 
 
+def operator_calls(fn):
+    """The ATen operators one call of fn runs (the profiler's events, nested calls included, as the dispatcher sees
+    them): a count that depends on the code, not on the device or its speed; each is at least one kernel launch on
+    a GPU, where a step of many small operators is bound by their number."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        fn()
+    return sum(1 for event in profile.events() if event.name.startswith('aten::'))
+
+
 def peak_memory_mb(device):
     if device.type == 'cuda':
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -106,6 +115,8 @@ def time_search(args, x, y, device, amp_dtype, use_scaler, search_format, result
             search_step(forward_supernet, architect, update, (x, y), (x, y), unrolled)
         record('search_step_unrolled_img_s' if unrolled else 'search_step_img_s',
                time_calls(step, device, args.steps if not unrolled else max(args.steps // 2, 1), args.repeats), batch)
+        if not unrolled:
+            results['search_step_operator_calls'] = operator_calls(step)
 
     # The same step on 2 images of 16x16, eager: the arithmetic is negligible, so this is the per-call overhead
     # (Python, dispatch, kernel launches) that bounds a step of many small kernels, as the supernet's are on a GPU.
@@ -180,6 +191,7 @@ def main(args, log):
     forward_net.train()
     record('train_step_img_s', time_calls(lambda: train_step(forward_net, update, inputs, loss_fn, 0.4), device,
                                        args.steps, args.repeats), batch)
+    results['train_step_operator_calls'] = operator_calls(lambda: train_step(forward_net, update, inputs, loss_fn, 0.4))
     forward_net.eval()
     eval_batch = torch.randn(4 * batch, 3, args.image_size, args.image_size, device=device).contiguous(
         memory_format=memory_format)
@@ -206,6 +218,8 @@ def main(args, log):
           (f'supernet {results["supernet_params"]:,} parameters; ' if 'supernet_params' in results else '') +
           f'{args.model} {results["eval_params"]:,} parameters ({results["eval_weights"]:,} convolution and linear '
           f'weights), {results["eval_flops"] / 1e6:.1f} MFLOPs = {results["eval_macs"] / 1e6:.1f} M multiply-adds')
+    print('operator calls per step: ' + ', '.join(f'{key.replace("_operator_calls", "")} {value:,}'
+                                                  for key, value in results.items() if key.endswith('_operator_calls')))
     if args.json:
         run_folder.write_json(args.json, results)
 

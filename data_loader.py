@@ -1,7 +1,7 @@
 """Data pipeline (paper Sec. 4.1): images decoded once and cached, datasets and their splits (official ones, or
 subject-independent folds), and the loader that batches, resizes and normalises them on the training device.
 The label formats are in formats.py, the training augmentation in augment.py, the dataset commands in
-dataset_tools.py (run as python data_loader.py make-synthetic | make-noise | make-dynamic-images)."""
+dataset_tools.py (run as python data_loader.py make-synthetic | make-noise | make-dynamic-images | align-faces)."""
 import contextlib
 import hashlib
 import math
@@ -33,7 +33,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_VERSION = 2  # bump when the cached tensor's meaning changes (2: EXIF-turned, 16-bit scaled)
 GPU_RESIDENT_FRACTION = 0.25  # keep the uint8 set on the GPU only if it takes less than this share of free memory
-REPORT_SECONDS = utils.Progress.REPORT_SECONDS  # a long decode says how far it is at least this often, as training does
 SIXTEEN_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I')  # how pillow opens a 16-bit gray PNG or TIFF
 
 
@@ -43,6 +42,7 @@ class ImageSet:
     labels: torch.Tensor  # int64, N
     class_names: list
     root: str
+    clean_labels: Optional[torch.Tensor] = None  # a noisy set's clean labels, where known (RAF-DB with a noise file)
 
 
 @dataclass
@@ -156,23 +156,19 @@ def decode_images(paths, size, workers=0, grayscale=False, window=4096, log=None
     """Yield (path, size x size x 3 uint8 array or None, None or why it cannot be decoded) for each path, in order,
     decoded by `workers` processes (0: in this one). Paths are decoded a window at a time, the next window while the
     caller works on this one, so a large folder neither waits for nor holds all its images at once. With `log`, a
-    long decode says how far it is at least every REPORT_SECONDS."""
+    long decode says how far it is at least every utils.Progress.REPORT_SECONDS."""
     jobs = [(str(p), size, grayscale) for p in paths]
     pool = _decode_pool(workers) if workers > 0 else None
     decode = ((lambda part: pool.imap(_decode_job, part, chunksize=64)) if pool else
               (lambda part: map(_decode_job, part)))
-    start = last = time.perf_counter()
+    progress = utils.CountProgress(len(jobs), 'decoding', log) if log is not None else lambda: None
     try:
         pending = decode(jobs[:window])
         for first in range(0, len(jobs), window):
             current, pending = pending, decode(jobs[first + window:first + 2 * window])
-            for i, (path, (array, error)) in enumerate(zip(paths[first:first + window], current), first + 1):
+            for path, (array, error) in zip(paths[first:first + window], current):
                 yield path, array, error
-                now = time.perf_counter()
-                if log is not None and now - last >= REPORT_SECONDS and i < len(jobs):
-                    last = now
-                    left = (now - start) / i * (len(jobs) - i)
-                    log(f"decoding {i:,} of {len(jobs):,} images, {utils.duration(left)} left")
+                progress()
     finally:
         if pool:
             pool.terminate()
@@ -258,9 +254,12 @@ def load_dataset(name, root, noise=0, noise_file=None, affectnet_classes=8, ferp
             log(f"noise file {shown}: {differ} of {len(clean)} training labels differ from the clean list "
                 f"({100 * differ / max(len(clean), 1):.1f}%)")
         sets = [(train_names, train_labels), (test_names, test_labels)]
-        return Splits(*(ImageSet(load([formats.rafdb_image_path(root, n) for n in names]),
-                                 torch.tensor(labels, dtype=torch.int64), list(formats.RAFDB_CLASSES), str(root))
-                        for names, labels in sets))
+        splits = Splits(*(ImageSet(load([formats.rafdb_image_path(root, n) for n in names]),
+                                   torch.tensor(labels, dtype=torch.int64), list(formats.RAFDB_CLASSES), str(root))
+                          for names, labels in sets))
+        if noise_path is not None:  # the clean list is at hand: what the noise-robust methods are measured against
+            splits.train.clean_labels = torch.tensor(clean, dtype=torch.int64)
+        return splits
 
     if name == 'affectnet':
         class_names = formats.AFFECTNET_CLASSES[:affectnet_classes]
@@ -462,13 +461,15 @@ class DeviceLoader:
                  drop_last=False, seed=0, rank=0, world_size=1, channels_last=False, sampler='uniform', stream=0):
         """augment: False, True (the released augmentation) or an augment.Augmentation. sampler: 'uniform' (all images,
         shuffled if `shuffle`) or a class sampler of sampling_weights, drawing as many images with replacement.
-        stream: loaders of one run with different streams draw independently from the same seed."""
+        stream: loaders of one run with different streams draw independently from the same seed.
+        While iterating, batch_index holds the dataset indices of the batch last yielded (SCN relabels by them)."""
         assert len(images) == len(labels) and 0 <= rank < world_size
         self.device = torch.device(device)
         self.batch_size, self.image_size, self.augment = batch_size, image_size, augment
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
         self.epoch, self.stream = 0, stream
+        self.batch_index = None
         self.weights = sampling_weights(labels, sampler)
         self.normalise = normaliser(self.device)
         self.labels = labels.to(self.device, torch.int64)
@@ -528,7 +529,8 @@ class DeviceLoader:
             x = prepare_batch(x, self.image_size, self.augment, generator, self.normalise)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels.index_select(0, order_device[batch])
+            self.batch_index = order_device[batch]
+            yield x, self.labels.index_select(0, self.batch_index)
 
 
 def evaluation_loader(images, labels, args, device, batch_size=None, rank=0, world_size=1):

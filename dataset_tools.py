@@ -1,8 +1,10 @@
-"""The dataset commands (python data_loader.py make-synthetic | make-noise | make-dynamic-images), dynamic images."""
+"""The dataset commands (python data_loader.py make-synthetic | make-noise | make-dynamic-images | align-faces),
+dynamic images, and datasets of whole photographs cropped to aligned faces."""
 import argparse
 import contextlib
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,89 @@ def make_dynamic_images(clips, labels, out, log=print):
     return len(written), len(subjects), classes
 
 
+# ---------------------------------------------------------------- aligned faces of whole photographs (docs/faces.md)
+
+ALIGN_REPORT_SECONDS = 30  # a long alignment says how far it is at least this often
+NO_FACE_REPORT = 'no_face.txt'
+
+
+def face_dataset_plan(data, layout, ckplus_classes=7, ckplus_neutral=False):
+    """(source image, output path relative to the output folder) of every image of a dataset of whole photographs:
+    CK+ (the frames list_ckplus labels, as <class>/<subject>_<sequence>_<frame>.png) or class folders (train/<class>/,
+    test/<class>/ [val/<class>/] or <class>/, mirrored with .png names), and the layout read."""
+    root = Path(data)
+    if layout == 'auto':
+        layout = 'ckplus' if (root / formats.CKPLUS_IMAGE_DIR).is_dir() else 'folder'
+    if layout == 'ckplus':
+        listing = formats.list_ckplus(root, ckplus_classes, ckplus_neutral)
+        plan = []
+        for path, label, subject in zip(listing.paths, listing.labels, listing.subjects):
+            # --folds reads the subject from what precedes the first '_' (cli.DEFAULT_SUBJECT_REGEX)
+            stem = path.stem if path.stem.startswith(f'{subject}_') else f'{subject}_{path.parent.name}_{path.stem}'
+            plan.append((path, Path(_file_name_part(listing.class_names[label])) / f'{stem}.png'))
+        return plan, (f'CK+, {ckplus_classes} classes: the last 3 frames of each labelled sequence'
+                      + ', and its first as Neutral' * ckplus_neutral)
+    if (root / 'train').is_dir():
+        _, splits = formats.list_folder_splits(root)
+        paths = [path for split_paths, _ in splits.values() for path in split_paths]
+    else:
+        classes = formats._class_folders(root) if root.is_dir() else []
+        if not classes:
+            raise UserError(f"{root} holds neither {formats.CKPLUS_IMAGE_DIR}/ (CK+) nor class folders "
+                            f"(train/<class>/, test/<class>/ or <class>/); give the root of a CK+ copy or of a "
+                            f"class-folder dataset.")
+        paths, _ = formats.labelled_images(root, classes, classes)
+    return [(path, path.relative_to(root).with_suffix('.png')) for path in paths], 'class folders'
+
+
+def align_faces(data, out, layout='auto', min_face=None, threshold=None, ckplus_classes=7, ckplus_neutral=False,
+                log=print):
+    """Write the aligned 100x100 face of every image of a dataset of whole photographs (faces.align: the largest face
+    each photo shows, by a similarity transform of its 5 landmarks onto the template) as a class-folder dataset in
+    `out`, for --dataset folder (and --folds: file names keep the subject before the first '_'). Images without a
+    face are listed in out/no_face.txt. Returns (faces written, images without a face)."""
+    import faces  # only here: the detector is an optional extra
+    detector = faces.Detector(min_face or faces.MIN_FACE, threshold or faces.FACE_THRESHOLD)
+    plan, what = face_dataset_plan(data, layout, ckplus_classes, ckplus_neutral)
+    names = {}
+    for source, name in plan:
+        if names.setdefault(name, source) != source:
+            raise UserError(f"{names[name]} and {source} would both be written as {Path(out) / name}; rename one.")
+    with contextlib.suppress(OSError):  # as mkdir -p; a parent that cannot be made is named by atomic_folder
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    missed, several = [], 0
+    start = last = time.perf_counter()
+    with run_folder.atomic_folder(out) as tmp:
+        for done, (source, name) in enumerate(plan, 1):
+            image = decode_image(source)
+            found = detector(image)
+            if not found:
+                missed.append(str(source))
+            else:
+                several += len(found) > 1
+                largest = max(found, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+                crop, _ = faces.align(image, largest.landmarks)
+                grey = (crop == crop[..., :1]).all()  # a grey photo (CK+) stays a grey PNG, a third of the size
+                (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(crop[..., 0] if grey else crop).save(Path(tmp) / name)
+            now = time.perf_counter()
+            if now - last >= ALIGN_REPORT_SECONDS and done < len(plan):
+                last = now
+                log(f"aligned {done:,} of {len(plan):,} images, {(now - start) / done * (len(plan) - done):.0f}s left")
+        if missed:
+            (Path(tmp) / NO_FACE_REPORT).write_text(
+                f"# {len(missed)} images of {data} in which no face was found (none of at least "
+                f"{detector.min_face} pixels with probability {detector.threshold:g} or more); they are not in this "
+                f"dataset\n" + ''.join(f'{path}\n' for path in missed), encoding='utf-8')
+    written = len(plan) - len(missed)
+    log(f"wrote {written} aligned 100x100 faces of {len(plan)} images ({what}) to {out}"
+        + (f"; {several} images showed several faces (the largest was kept)" if several else '')
+        + (f"; {len(missed)} images without a face are listed in {Path(out) / NO_FACE_REPORT}" if missed else
+           "; a face was found in every image")
+        + f". Train on them: python train.py --dataset folder --data {out} (add --folds N for subject folds)")
+    return written, len(missed)
+
+
 # ---------------------------------------------------------------- command line
 
 def main(argv=None):
@@ -136,6 +221,18 @@ def main(argv=None):
     noise.add_argument('--rate', type=float, required=True, help='fraction of training labels to flip, e.g. 0.1')
     noise.add_argument('--seed', type=int, default=0, help='random seed')
     noise.add_argument('--overwrite', action='store_true', help='replace an existing noise file of that rate')
+    align = commands.add_parser('align-faces', help='crop and align the faces of a dataset of whole photographs '
+                                                     '(CK+ or class folders) into a class-folder dataset')
+    align.add_argument('--data', required=True, help='CK+ root (cohn-kanade-images/, Emotion/) or class-folder root')
+    align.add_argument('--out', required=True, help='folder to write <class>/<name>.png (and no_face.txt) into')
+    align.add_argument('--layout', choices=['auto', 'ckplus', 'folder'], default='auto',
+                       help='auto: ckplus if --data holds cohn-kanade-images/, else class folders')
+    align.add_argument('--ckplus_classes', type=int, choices=[6, 7], default=7, help='CK+: 6 drops Contempt')
+    align.add_argument('--ckplus_neutral', action='store_true',
+                       help="CK+: also each labelled sequence's first frame, as Neutral")
+    align.add_argument('--min_face', type=int, default=None, help='smallest face to find, in pixels (default 20)')
+    align.add_argument('--face_threshold', type=float, default=None,
+                       help="the detector's face probability a face needs (default 0.9)")
     args = parser.parse_args(argv)
     try:
         if args.command == 'make-synthetic':
@@ -145,6 +242,9 @@ def main(argv=None):
             synthetic.make_synthetic(args.out, layout=args.layout, seed=args.seed, **sizes)  # reports what it wrote
         elif args.command == 'make-dynamic-images':
             make_dynamic_images(args.clips, args.labels, args.out)  # reports what it wrote
+        elif args.command == 'align-faces':
+            align_faces(args.data, args.out, args.layout, args.min_face, args.face_threshold, args.ckplus_classes,
+                        args.ckplus_neutral)  # reports what it wrote
         else:
             path, flipped, total = formats.make_noise(args.data, args.rate, args.seed, overwrite=args.overwrite)
             print(f"wrote {path}: {flipped} of {total} training labels flipped to another class "

@@ -2,6 +2,7 @@
 network (torch.export or ONNX) checked against eager PyTorch."""
 import argparse
 import importlib.util
+import os
 
 import cli
 import run_folder
@@ -31,7 +32,31 @@ parser.add_argument('--export', default=None,
                          'packages onnx, onnxscript, onnxruntime), and check it against eager PyTorch. PATH.json '
                          'describes its input and records the sha256 of the file it describes; it is written last, so '
                          'an interrupted export leaves no description, never one of another network')
-
+# The defaults are faces.py's MIN_FACE, FACE_THRESHOLD and DEFAULT_FPS, written out: flags are parsed before torch.
+face_flags = parser.add_argument_group('faces in photos and videos (docs/faces.md)')
+face_flags.add_argument('--faces', action='store_true',
+                        help='find the faces of each image or video (MTCNN, an optional extra: pip install requests '
+                             'tqdm && pip install --no-deps facenet-pytorch), align each onto the 100x100 geometry of '
+                             'RAF-DB\'s aligned images and classify it: one row per face; an image without a face gets '
+                             'a row saying so. Videos (.mp4, .avi, ...) need PyAV: pip install av')
+face_flags.add_argument('--min_face', type=cli.positive_int, default=20, help='smallest face to find, in pixels')
+face_flags.add_argument('--face_threshold', type=cli.fraction, default=0.9,
+                        help="the detector's face probability a face needs")
+face_flags.add_argument('--frames', action='store_true',
+                        help='each folder given is the frames of one video (natural name order, one size), not a set '
+                             'of photos')
+face_flags.add_argument('--fps', type=cli.positive_float, default=25,
+                        help="frame rate of frame folders (their rows' times and annotated videos)")
+face_flags.add_argument('--smooth', type=cli.non_negative_int, default=0,
+                        help="videos: average each tracked face's probabilities over about N frames (exponential "
+                             'moving average, the newest frame weighted 2/(N+1)); 0: each frame alone')
+face_flags.add_argument('--annotate', default=None,
+                        help="write each image with its faces' boxes and predictions drawn into this folder (a video: "
+                             'an annotated .mp4; a frame folder: a folder of annotated frames)')
+face_flags.add_argument('--cam', default=None,
+                        help='write into this folder, for each classified face (or image without --faces), where the '
+                             'network looks: the class activation map of its predicted class over the crop (CAM; '
+                             'Grad-CAM for a network whose head is no linear map after pooling)')
 
 def parse(argv=None):
     """The checked arguments. Options may come between the positionals (predict.py RUN --topk 2 IMAGE)."""
@@ -58,6 +83,19 @@ def check_args(parser, args):
                 run_folder.check_output_folder(path)
         except UserError as e:
             parser.error(f'argument {flag}: {e}')
+    needs_faces = [flag for flag, given in (('--frames', args.frames), ('--smooth', args.smooth),
+                                            ('--annotate', args.annotate)) if given]
+    if needs_faces and not args.faces:
+        parser.error(f'argument {needs_faces[0]}: works on detected faces; add --faces')
+    for flag, folder in (('--annotate', args.annotate), ('--cam', args.cam)):
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            parser.error(f'argument {flag}: {folder} is a file, not a folder; give a folder (it is created if '
+                         f'missing)')
+        try:
+            if folder:
+                run_folder.check_output_folder(folder)
+        except UserError as e:
+            parser.error(f'argument {flag}: {e}')
 
 
 if __name__ == '__main__':
@@ -68,20 +106,24 @@ import contextlib  # noqa: E402
 import csv  # noqa: E402
 import glob  # noqa: E402
 import hashlib  # noqa: E402
-import os  # noqa: E402
+import io  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Optional  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import data_loader  # noqa: E402
+import faces  # noqa: E402
 import formats  # noqa: E402
 import genotypes  # noqa: E402
 import train  # noqa: E402
 import utils  # noqa: E402
+import visualize  # noqa: E402
 from baselines import create_model, model_options, uses_genotype  # noqa: E402
 
 BATCHES_PER_CHUNK = 16  # images are decoded and classified this many batches at a time
@@ -91,10 +133,16 @@ EXPORT_TOLERANCE = 1e-4  # largest difference allowed between the exported netwo
 LUMA_WEIGHTS = (19595, 38470, 7471)
 LUMA_SHIFT = 16
 GREY_INPUT = 'grey (luminance replicated to 3 channels)'
+ANNOTATED_JPEG_QUALITY = 90  # annotated photos and frames: JPEG, as photos are; a class map is a PNG figure
 
 
 def main(args, log):
-    paths = find_images(args.inputs)
+    if args.faces and faces.detector_missing():
+        raise UserError(faces.detector_missing())  # before any work
+    paths = find_images(args.inputs, faces.VIDEO_EXTENSIONS if args.faces else (), args.frames)
+    videos = [path for path in paths if faces.is_video(path)]
+    if videos and not args.faces:
+        raise UserError(f'{videos[0]} is a video; classify its faces with --faces')
     trained = load_network(args.run, args.weights)
     if trained.failure:
         log(f'warning: the run of {trained.weights_file} failed ({trained.failure}); classifying with this file as '
@@ -108,11 +156,24 @@ def main(args, log):
         export(trained, args.export, log)
     if not paths:
         return
+    if args.cam and not all(hasattr(trained.model, f) for f in ('forward_features', 'forward_head')):
+        raise UserError(f'--cam needs a network split into forward_features and forward_head (timm\'s convention); '
+                        f'{type(trained.model).__name__} of {trained.weights_file} is not; classify without --cam')
+    for folder in (args.annotate, args.cam):
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+    if args.faces:
+        detector = faces.Detector(args.min_face, args.face_threshold, device)
+        rows = list(classify_faces(trained, paths, detector, device, args, log))
+        write_rows(rows, args.out, trained, by_face=True)
+        return
     start = time.perf_counter()
     rows = list(classify(trained, paths, device, args.batch_size or trained.args.batch_size, args.topk,
                          args.workers, log))
     seconds = time.perf_counter() - start
     write_rows(rows, args.out, trained)
+    if args.cam:
+        write_image_maps(trained, [row for row in rows if 'error' not in row], device, args.cam)
     skipped = sum('error' in row for row in rows)
     log(f'{len(rows) - skipped} images classified in {seconds:.1f}s ({(len(rows) - skipped) / seconds:.1f} images/s, '
         f'decoding included) on {device}' + (f'; {skipped} unreadable, skipped (listed above)' if skipped else '') +
@@ -175,8 +236,9 @@ def build_network(folder, checkpoint=None, weights_file=None):
                         f'{os.path.join(folder, run_folder.METRICS)} lists them; a run of an earlier train.py?); give '
                         f'its run folder with its {run_folder.METRICS}, or a {run_folder.CHECKPOINT} of the current '
                         f'train.py')
-    model = create_model(args.model, len(class_names),
-                         **model_options(args, genotypes.parse_genotype(genotype) if genotype else None))
+    import noise  # the heads a --noise_method adds (SCN, RUL), which the weights hold too
+    model = noise.inference_network(create_model(args.model, len(class_names), **model_options(
+        args, genotypes.parse_genotype(genotype) if genotype else None)), args)
     return TrainedNetwork(model.eval(), args, class_names, genotype, run_input(checkpoint, args, what), weights_file)
 
 
@@ -265,9 +327,11 @@ def run_input(checkpoint, args, what):
 
 # ---------------------------------------------------------------- images in, classes out
 
-def find_images(inputs):
-    """The image files `inputs` name: files as given; folders searched recursively for image files (hidden files and
-    folders skipped); glob patterns expanded. In order, each folder sorted, without repeats."""
+def find_images(inputs, videos=(), frame_folders=False):
+    """The image files `inputs` name: files as given; folders searched recursively for image files (and files with
+    the extensions `videos`; hidden files and folders skipped), or with `frame_folders` kept as folders (each the
+    frames of one video); glob patterns expanded. In order, each folder sorted, without repeats."""
+    extensions = formats.IMAGE_EXTENSIONS + tuple(videos)
     paths = []
     for given in inputs:
         matches = [given] if os.path.exists(given) else sorted(glob.glob(given, recursive=True))
@@ -275,35 +339,16 @@ def find_images(inputs):
             raise UserError(f'{given} is no file or folder, and no file matches it as a pattern')
         found = []
         for match in matches:
-            if os.path.isdir(match):
+            if os.path.isdir(match) and not frame_folders:
                 found.extend(str(p) for p in sorted(Path(match).rglob('*')) if p.is_file() and
-                             p.suffix.lower() in formats.IMAGE_EXTENSIONS and
+                             p.suffix.lower() in extensions and
                              not any(part.startswith('.') for part in p.relative_to(match).parts))
             else:
                 found.append(match)
         if not found:
-            raise UserError(f'{given} holds no images ({", ".join(formats.IMAGE_EXTENSIONS)}, searched recursively)')
+            raise UserError(f'{given} holds no images ({", ".join(extensions)}, searched recursively)')
         paths.extend(found)
     return list(dict.fromkeys(paths))
-
-
-class Progress:
-    """A console line at least every utils.Progress.REPORT_SECONDS, as training gives one: images done of the total,
-    images/s and the time left."""
-
-    def __init__(self, total, log):
-        self.total, self.log, self.done = total, log, 0
-        self.start = self.last = time.perf_counter()
-
-    def __call__(self, images=0):
-        self.done += images
-        now = time.perf_counter()
-        if now - self.last < utils.Progress.REPORT_SECONDS or self.done >= self.total:
-            return
-        self.last = now
-        rate = self.done / (now - self.start)
-        left = f'{utils.duration((self.total - self.done) / rate)} left' if rate else 'time left not known yet'
-        self.log(f'classified {self.done:,} of {self.total:,} images, {rate:.1f} images/s, {left}', to_file=False)
 
 
 def classify(trained, paths, device, batch_size, topk, workers, log):
@@ -313,12 +358,10 @@ def classify(trained, paths, device, batch_size, topk, workers, log):
     Images go through the evaluation's preprocessing (decoded as the run's input record says, then
     data_loader.evaluation_loader), a chunk of whole batches at a time while the next chunk is decoded, so that a
     run's test images, given in the test set's order, form the batches its evaluation formed."""
-    model = trained.model.to(device)
-    if trained.args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = network_on(trained, device)
     amp_dtype, _ = utils.amp_settings(device, trained.args.amp)
     topk = min(topk, len(trained.class_names))
-    progress = Progress(len(paths), log)
+    progress = utils.CountProgress(len(paths), 'classified', log)
     chunk, entries = [], []  # decoded images, and (path, index into chunk or error) in input order
 
     def flush():
@@ -338,7 +381,7 @@ def classify(trained, paths, device, batch_size, topk, workers, log):
     decoded = data_loader.decode_images(paths, trained.input['source_size'], workers, trained.input['grayscale'])
     with contextlib.closing(decoded):
         for path, array, error in decoded:
-            progress()  # decoding a chunk can take long too
+            progress(0)  # a time check: decoding a chunk can take long too
             if error:
                 log(f'skipped: {error}')
                 entries.append((path, error))
@@ -349,6 +392,12 @@ def classify(trained, paths, device, batch_size, topk, workers, log):
             if len(chunk) == BATCHES_PER_CHUNK * batch_size:
                 yield from flush()
     yield from flush()
+
+
+def network_on(trained, device):
+    """The run's network on `device`, in the memory format its evaluation used."""
+    model = trained.model.to(device)
+    return model.to(memory_format=torch.channels_last) if trained.args.channels_last else model
 
 
 def predict_probabilities(model, images, run_args, device, batch_size, amp_dtype, progress=lambda images: None):
@@ -365,35 +414,249 @@ def predict_probabilities(model, images, run_args, device, batch_size, amp_dtype
     return torch.cat(probabilities)
 
 
-def write_rows(rows, out, trained):
-    """Print the predictions, or write them to a .csv (one row per image; an unreadable one has only its error) or
-    a .json file."""
+# ---------------------------------------------------------------- faces in photos and videos (docs/faces.md)
+
+def as_source(crop, run_input):
+    """An aligned crop as the run's evaluation decodes an image: through data_loader.decode_image itself (grey for a
+    grey run, resized to its source size), from the crop's lossless PNG, so that the two can never differ."""
+    encoded = io.BytesIO()
+    Image.fromarray(crop).save(encoded, format='PNG')
+    return data_loader.decode_image(encoded, run_input['source_size'], run_input['grayscale'])
+
+
+def face_frames(path, args):
+    """(is a video, the frames of an image, video file or frame folder as (index, time, H x W x 3 uint8)); an image's
+    one frame has index and time None."""
+    if os.path.isdir(path):
+        return True, faces.folder_frames(path, args.fps)
+    if faces.is_video(path):
+        return True, faces.video_frames(path)
+    return False, [(None, None, data_loader.decode_image(path))]
+
+
+class OutputNames:
+    """File names in an output folder, one per input: the input's name, with -2, -3, ... for a repeated one."""
+
+    def __init__(self):
+        self.used = set()
+
+    def __call__(self, path):
+        stem = Path(path).stem or Path(path).name
+        name, n = stem, 1
+        while name in self.used:
+            n += 1
+            name = f'{stem}-{n}'
+        self.used.add(name)
+        return name
+
+
+def classify_faces(trained, paths, detector, device, args, log):
+    """Yield, in order, one row per face of each image, video frame or frame of a frame folder: {'path', 'frame',
+    'time', 'face', 'track', 'box', 'score', 'top'}; a row {'path', 'frame', 'time', 'error'} for an image or frame
+    without a face, or for an unreadable image (skipped; an unreadable video stops). Faces are numbered left to
+    right; in a video, `track` follows a face across frames (faces.Tracker) and --smooth averages each track's
+    probabilities over frames."""
+    model = network_on(trained, device)
+    topk = min(args.topk, len(trained.class_names))
+    smoothing = 2 / (args.smooth + 1) if args.smooth else 1.0  # an exponential moving average over ~N frames
+    seconds = dict.fromkeys(('detection', 'alignment', 'classification'), 0.0)
+    counts = dict.fromkeys(('frames', 'faces', 'no face', 'unreadable'), 0)
+    names = OutputNames()
+    for path in paths:
+        try:
+            video, frames = face_frames(path, args)
+        except UserError as e:  # an image that cannot be decoded; a video says so when its frames are read
+            log(f'skipped: {e}')
+            counts['unreadable'] += 1
+            yield {'path': path, 'frame': None, 'time': None, 'error': str(e)}
+            continue
+        name = names(path)
+        annotated = annotation_output(args.annotate, path, name, args.fps)
+        tracker, averages = faces.Tracker(), {}
+        with annotated if isinstance(annotated, faces.VideoWriter) else contextlib.nullcontext():
+            for index, time_s, image in frames:
+                found, sources, probabilities = classify_frame(trained, model, detector, image, device,
+                                                               args.batch_size, seconds)
+                tracks = tracker([face.box for face in found]) if video else [None] * len(found)
+                rows = []
+                for i, (face, track, p) in enumerate(zip(found, tracks, probabilities)):
+                    if video:
+                        previous = averages.get(track)
+                        p = averages[track] = p if previous is None else smoothing * p + (1 - smoothing) * previous
+                    values, indices = p.topk(topk)
+                    rows.append({'path': path, 'frame': index, 'time': time_s, 'face': i, 'track': track,
+                                 'box': [round(v, 1) for v in face.box], 'score': face.score,
+                                 'top': [(trained.class_names[c], q)
+                                         for c, q in zip(indices.tolist(), values.tolist())]})
+                if not found:
+                    rows.append({'path': path, 'frame': index, 'time': time_s, 'no_face': True,
+                                 'error': f'no face found (none of at least {args.min_face} pixels with probability '
+                                          f'{args.face_threshold:g} or more)'})
+                counts['frames'] += 1
+                counts['faces'] += len(found)
+                counts['no face'] += not found
+                if annotated is not None:
+                    drawn = visualize.draw_faces(image, [(r['box'], face_label(r, video)) for r in rows if 'box' in r])
+                    write_annotated(annotated, drawn, name if index is None else f'{index:06d}')
+                if args.cam and found:
+                    stem = name if index is None else f'{name}_frame{index:06d}'
+                    write_class_maps(trained, sources, [r['top'][0][0] for r in rows], device,
+                                     [os.path.join(args.cam, f'{stem}_face{i}.png') for i in range(len(found))])
+                yield from rows
+    per_face = lambda what: f'{1000 * seconds[what] / max(counts["faces"], 1):.1f} ms'
+    log(f'{counts["faces"]} faces in {counts["frames"]} images or frames ({counts["no face"]} without a face'
+        + (f', {counts["unreadable"]} unreadable, listed above' if counts['unreadable'] else '') + f') on {device}: '
+        f'detection {1000 * seconds["detection"] / max(counts["frames"], 1):.1f} ms per image, alignment '
+        f'{per_face("alignment")} and classification {per_face("classification")} per face'
+        + (f'; predictions in {args.out}' if args.out else ''))
+
+
+def classify_frame(trained, model, detector, image, device, batch_size, seconds):
+    """(the faces of an image, the uint8 source images of their aligned crops as the evaluation holds its images,
+    their class probabilities on the CPU), adding the time of each step to `seconds`."""
+    start = time.perf_counter()
+    found = detector(image)
+    detected = time.perf_counter()
+    crops = [faces.align(image, face.landmarks)[0] for face in found]
+    aligned = time.perf_counter()
+    sources = probabilities = None
+    if found:
+        sources = torch.stack([torch.from_numpy(as_source(crop, trained.input)).permute(2, 0, 1) for crop in crops])
+        amp_dtype, _ = utils.amp_settings(device, trained.args.amp)
+        probabilities = predict_probabilities(model, sources, trained.args, device,
+                                              batch_size or trained.args.batch_size, amp_dtype).cpu()
+    seconds['detection'] += detected - start
+    seconds['alignment'] += aligned - detected
+    seconds['classification'] += time.perf_counter() - aligned
+    return found, sources, probabilities if found else []
+
+
+def face_label(row, track=False):
+    """The text drawn beside a face: its index (its track in a video) and its likeliest class."""
+    (name, p), = row['top'][:1]
+    return f'{"track" if track else "face"} {row["track"] if track else row["face"]}: {name} {100 * p:.0f}%'
+
+
+def annotation_output(folder, path, name, fps):
+    """Where the annotated frames of `path` go: None without --annotate; a faces.VideoWriter for a video file (at its
+    own frame rate); a sub-folder of `folder` for a frame folder; `folder` itself for an image."""
+    if folder is None:
+        return None
+    if faces.is_video(path):
+        return faces.VideoWriter(os.path.join(folder, f'{name}.mp4'), faces.video_rate(path))
+    if os.path.isdir(path):
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
+        return os.path.join(folder, name)
+    return folder
+
+
+def write_annotated(output, image, name):
+    if isinstance(output, faces.VideoWriter):
+        output.write(np.asarray(image))
+    else:
+        run_folder.atomic_write(os.path.join(output, f'{name}.jpg'),
+                                lambda tmp: image.save(tmp, format='JPEG', quality=ANNOTATED_JPEG_QUALITY))
+
+
+def activation_maps(model, x, classes):
+    """Where the network looks for class classes[i] in the (preprocessed) image x[i]: (N x h x w maps over the grid of
+    forward_features, the method). 'CAM' (Zhou et al. 2016) for a network whose head is a linear map after global
+    average pooling (its class_activation_maps: a map's spatial mean is the class logit less its bias); 'Grad-CAM'
+    (Selvaraju et al. 2017) for the others: the feature channels weighted by the spatial mean of the class logit's
+    gradient, summed, then ReLU (the evidence for the class, not against it)."""
+    rows = torch.arange(len(x), device=x.device)
+    if hasattr(model, 'class_activation_maps'):
+        with torch.no_grad():
+            return model.class_activation_maps(model.forward_features(x))[rows, classes].float(), 'CAM'
+    with torch.no_grad():
+        features = model.forward_features(x)
+    with torch.enable_grad():
+        features.requires_grad_()
+        gradients, = torch.autograd.grad(model.forward_head(features)[rows, classes].sum(), features)
+    return F.relu((gradients.mean((2, 3), keepdim=True) * features.detach()).sum(1)).float(), 'Grad-CAM'
+
+
+def display_maps(maps, size):
+    """Maps upsampled bilinearly to size x size and scaled to [0, 1] each (0: its lowest value, 1: its highest): what
+    an overlay shows is where the network looks most, relative to the rest of the same image."""
+    maps = F.interpolate(maps[:, None], size=(size, size), mode='bilinear', align_corners=False)[:, 0]
+    low, high = maps.amin((1, 2), keepdim=True), maps.amax((1, 2), keepdim=True)
+    return (maps - low) / (high - low).clamp_min(torch.finfo(maps.dtype).tiny)
+
+
+def write_class_maps(trained, sources, predicted, device, paths):
+    """For each uint8 source image (N x 3 x S x S, as the evaluation's cache holds it) the map of its predicted class
+    (a class name), drawn over the image as the network saw it (grey for a grey run) into `paths`."""
+    classes = torch.tensor([trained.class_names.index(name) for name in predicted], device=device)
+    loader = data_loader.evaluation_loader(sources, torch.zeros(len(sources), dtype=torch.int64), trained.args, device,
+                                           batch_size=len(sources))
+    x, _ = next(iter(loader))
+    maps, method = activation_maps(network_on(trained, device), x.float(), classes)
+    for image, heat, name, path in zip(sources, display_maps(maps, sources.shape[-1]).cpu(), predicted, paths):
+        visualize.plot_class_map(image.permute(1, 2, 0).numpy(), heat.numpy(), path, f'{name}: {method}' + (
+            ' (1x1 feature map: uniform)' if maps.shape[-2:] == (1, 1) else ''))
+
+
+def write_image_maps(trained, rows, device, folder):
+    """The class maps of whole images (predict.py --cam without --faces), a batch at a time."""
+    names = OutputNames()
+    batch = trained.args.batch_size
+    for first in range(0, len(rows), batch):
+        part = rows[first:first + batch]
+        sources = torch.stack([torch.from_numpy(data_loader.decode_image(
+            row['path'], trained.input['source_size'], trained.input['grayscale'])).permute(2, 0, 1) for row in part])
+        write_class_maps(trained, sources, [row['top'][0][0] for row in part], device,
+                         [os.path.join(folder, f'{names(row["path"])}.png') for row in part])
+
+
+FACE_COLUMNS = ['frame', 'time', 'face', 'track', 'x0', 'y0', 'x1', 'y1', 'score']  # after path, with --faces
+
+
+def write_rows(rows, out, trained, by_face=False):
+    """Print the predictions, or write them to a .csv (one row per image, or with by_face per face; an unreadable
+    image, or one without a face, has only its error) or a .json file."""
     if out is None:
         for row in rows:
-            if 'error' not in row:
-                (name, p), rest = row['top'][0], row['top'][1:]
-                print(f'{row["path"]}\t{name} {100 * p:.1f}%' +
-                      (' (' + ', '.join(f'{n} {100 * q:.1f}%' for n, q in rest) + ')' if rest else ''))
+            frame = row.get('frame')
+            where = row['path'] + (f' frame {frame} ({row["time"]:.3f}s)' if frame is not None else '')
+            if 'error' in row:
+                if row.get('no_face'):
+                    print(f'{where}\t{row["error"]}')
+                continue
+            (name, p), rest = row['top'][0], row['top'][1:]
+            track = f' (track {row["track"]})' if row.get('track') is not None else ''
+            face = (f'\tface {row["face"]}{track} [{", ".join(f"{v:.0f}" for v in row["box"])}] '
+                    f'p={row["score"]:.3f}' if by_face else '')
+            print(f'{where}{face}\t{name} {100 * p:.1f}%' +
+                  (' (' + ', '.join(f'{n} {100 * q:.1f}%' for n, q in rest) + ')' if rest else ''))
         return
     if out.endswith('.json'):
+        where = lambda r: {key: r[key] for key in ('path', 'frame', 'time', 'face', 'track', 'box', 'score')
+                           if key in r and (by_face or key == 'path')}
         data = {'weights': trained.weights_file, 'class_names': trained.class_names,
-                'predictions': [{'path': r['path'], 'prediction': r['top'][0][0], 'probability': r['top'][0][1],
+                'predictions': [{**where(r), 'prediction': r['top'][0][0], 'probability': r['top'][0][1],
                                  'top_k': [{'class': n, 'probability': p} for n, p in r['top']]}
                                 for r in rows if 'error' not in r],
-                'skipped': [r for r in rows if 'error' in r]}
+                'skipped': [r for r in rows if 'error' in r and not r.get('no_face')]}
+        if by_face:
+            data['no_face'] = [{**where(r), 'error': r['error']} for r in rows if r.get('no_face')]
         run_folder.write_json(out, data)
         return
     k = max((len(r['top']) for r in rows if 'error' not in r), default=1)
-    header = ['path', 'prediction', 'probability'] + [f'{field}_{rank}' for rank in range(2, k + 1)
-                                                      for field in ('class', 'probability')] + ['error']
+    header = (['path'] + FACE_COLUMNS * by_face + ['prediction', 'probability'] +
+              [f'{field}_{rank}' for rank in range(2, k + 1) for field in ('class', 'probability')] + ['error'])
 
     def write(tmp):
         with open(tmp, 'w', newline='') as f:
             writer = csv.writer(f)
             writer.writerow(header)
             for row in rows:
+                face = [row.get('frame'), row.get('time'), row.get('face'), row.get('track'),
+                        *row.get('box', [None] * 4), row.get('score')] if by_face else []
+                face = ['' if v is None else v for v in face]
                 cells = [c for pair in row.get('top', []) for c in pair]
-                writer.writerow([row['path'], *cells, *[''] * (len(header) - 2 - len(cells)), row.get('error', '')])
+                writer.writerow([row['path'], *face, *cells, *[''] * (len(header) - 2 - len(face) - len(cells)),
+                                 row.get('error', '')])
     run_folder.atomic_write(out, write)
 
 

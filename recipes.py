@@ -24,7 +24,34 @@ class Model:
     pretrained: tuple = ()  # (attribute holding a backbone, '' for the network itself; torchvision weights name)
     min_image_size: int = 1
     two_branch: bool = False  # trained on a uniform and a reversed batch per step (BBN's cumulative learning)
+    class_activation_maps: bool = True  # its head is linear then global pooling (EAC needs it)
+    face_checkpoint: bool = False  # --pretrained also takes a face-recognition checkpoint file (MS-Celeb-1M)
+    noise_recipes: dict = field(default_factory=dict)  # --noise_method: that method's paper's settings over `recipe`
 
+
+# The noisy-label FER papers' ResNet-18 (docs/noise.md "Recipes"): all four train torchvision's ResNet-18 from
+# MS-Celeb-1M weights with Adam, weight decay 1e-4, ExponentialLR 0.9, 224 px (RAF-DB's 100 px aligned images
+# upscaled) and RandomErasing (0.02-0.25); they differ in learning rate, batch and epochs, so each --noise_method takes
+# its own paper's: EAC (main.py; its README: lr 2e-4 for ResNet-18), which is also the CE baseline (none) of EAC and
+# NLA, with 1e-4 as EAC's main.py; SCN (train.py: Adam without lr, PyTorch's 1e-3; batch 64; 70 epochs); RUL
+# (main.py: 2e-4, its classifier 10x, batch 64, 60 epochs); NLA (main_rafdb.py: 1e-4, batch 32, 60 epochs).
+NOISY_FER = {'optimizer': 'adam', 'learning_rate': 1e-4, 'weight_decay': 1e-4, 'scheduler': 'exponential',
+             'lr_gamma': 0.9, 'batch_size': 32, 'epochs': 60, 'image_size': 224, 'grad_clip': 0.0,
+             'flip_noise': True, 'erasing': 'released'}
+NOISE_RECIPES = {'scn': {'learning_rate': 1e-3, 'batch_size': 64, 'epochs': 70},
+                 'rul': {'learning_rate': 2e-4, 'batch_size': 64, 'epochs': 60},
+                 'eac': {'learning_rate': 2e-4, 'batch_size': 32, 'epochs': 60},
+                 'nla': {'learning_rate': 1e-4, 'batch_size': 32, 'epochs': 60}}
+
+# train.py's --noise_method: the flags of each method (refused with another method). 'none' is plain cross-entropy.
+NOISE_METHODS = {
+    'none': (),
+    'scn': ('scn_beta', 'scn_margin_1', 'scn_margin_2', 'scn_relabel_epoch'),
+    'rul': ('rul_dim', 'rul_dropout', 'rul_fc_lr_factor'),
+    'eac': ('eac_lambda',),
+    'nla': ('nla_lam_a', 'nla_lam_b', 'nla_lam_c', 'nla_slope', 'nla_mu_t', 'nla_mu_f', 'nla_t_std', 'nla_t_ratio',
+            'nla_f_std', 'nla_f_ratio', 'nla_t_lambda', 'noise_literal'),
+}
 
 MODELS = {
     # The discrete network of a genotype: its recipe is the search method's (genotypes.METHODS), not one of here.
@@ -57,7 +84,11 @@ MODELS = {
                               'erasing': 'none', 'dropout': 0.5},
                       pretrained=(('resnet', 'ResNet50_Weights.IMAGENET1K_V1'),
                                   ('convnext', 'ConvNeXt_Tiny_Weights.IMAGENET1K_V1')),
-                      min_image_size=32),  # ConvNeXt-Tiny's four downsamplings by 4, 2, 2, 2
+                      min_image_size=32,  # ConvNeXt-Tiny's four downsamplings by 4, 2, 2, 2
+                      class_activation_maps=False),  # its features are pooled: no map
+    # torchvision's ResNet-18, the backbone of SCN, RUL, EAC and NLA: 11,180,103 parameters for 7 classes.
+    'resnet18': Model(options={}, recipe=NOISY_FER, noise_recipes=NOISE_RECIPES,
+                      pretrained=(('', 'ResNet18_Weights.IMAGENET1K_V1'),), face_checkpoint=True),
 }
 
 
@@ -71,10 +102,11 @@ def model_flags():
     return flags
 
 
-def model_recipe(model, dataset):
-    """The flag defaults of a model's paper for a run on `dataset`."""
+def model_recipe(model, dataset, noise_method='none'):
+    """The flag defaults of a model's paper for a run on `dataset` (with --noise_method: that method's paper's)."""
     settings = {}
-    for flag, value in MODELS[model].recipe.items():
+    recipe = {**MODELS[model].recipe, **MODELS[model].noise_recipes.get(noise_method, {})}
+    for flag, value in recipe.items():
         if isinstance(value, dict):
             if dataset not in value:
                 continue

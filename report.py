@@ -8,6 +8,7 @@ SELECTIONS = {  # metrics.json key: how the epoch of the numbers was chosen
     'last': 'last epoch',
     'val_selected': 'best validation',
     'test_selected': 'test-selected',
+    'last5_mean': 'mean of the last 5 epochs',  # as the noisy-label FER papers report (EAC)
 }
 
 parser = argparse.ArgumentParser('report', description=__doc__)
@@ -15,8 +16,8 @@ parser.add_argument('runs', nargs='+',
                     help="run folders, folders holding run folders, or quoted patterns such as 'eval-*' 'search-*'")
 parser.add_argument('--out', default='report', help='folder for report.md, runs.csv, groups.csv and figures/')
 parser.add_argument('--selection', choices=list(SELECTIONS), default='last',
-                    help='the accuracy the accuracy-versus-size figures plot: last epoch, best validation epoch, or '
-                         'best test epoch (selected on the test set: optimistic)')
+                    help='the accuracy the accuracy-versus-size figures plot: last epoch, best validation epoch, '
+                         'best test epoch (selected on the test set: optimistic), or the mean of the last 5 epochs')
 parser.add_argument('--figures', action=argparse.BooleanOptionalAction, default=True,
                     help='draw the figures (--no-figures: the tables only, at once)')
 parser.add_argument('--latency', action=argparse.BooleanOptionalAction, default=True,
@@ -345,6 +346,9 @@ def table_row(run, latency, repeats, log):
         for key, _ in METRICS:
             row[f'{selection}_{key}'] = value(numbers, key)
         row[f'{selection}_epoch'] = value(numbers, 'epoch')
+    noisy = metrics.get('label_noise') if isinstance(metrics.get('label_noise'), dict) else {}
+    row['noise_method'] = value(noisy, 'method') if noisy else value(args, 'noise_method')
+    row['auroc'] = value(noisy, 'auroc')  # the last epoch's AUROC of the method's score for flipped labels
     return row
 
 
@@ -396,7 +400,8 @@ def cpu_latency_ms(run, repeats, log):
 def run_columns(selections):
     columns = ['run', 'status', 'model', 'dataset', 'noise', 'seed', 'epochs', 'params', 'macs', 'model_size_mb',
                'latency_ms']
-    return columns + [f'{s}_{key}' for s in selections for key in [k for k, _ in METRICS] + ['epoch']] + ['folder']
+    return columns + [f'{s}_{key}' for s in selections for key in [k for k, _ in METRICS] + ['epoch']] + [
+        'noise_method', 'auroc', 'folder']
 
 
 def group_columns(selections):
@@ -456,6 +461,8 @@ def number(value, kind):
         return f'{value:,}'
     if kind == 'mega':
         return f'{value / 1e6:.2f}M'
+    if kind == 'ratio':
+        return f'{value:.4f}'
     return f'{value:.2f}'
 
 
@@ -480,22 +487,27 @@ def markdown_report(runs, groups, selections, figures, args, notes):
         why = '; '.join(filter(None, (r['failure'], r['problem'])))
         out.append(f'- `{r["label"]}`: {r["kind"]} run, {r["status"]}' + (f' ({why})' if why else ''))
     labels = [f'{label} {SELECTIONS[s]}' for s in selections for _, label in METRICS]
+    noisy = any(r['row']['auroc'] != DASH or r['row']['noise_method'] not in (DASH, 'none') for r in evals)
     if evals:
         out += ['', '## Every eval run', '',
                 'Accuracy, balanced accuracy (mean recall over classes) and macro-F1 on the test set, in %, of the '
                 'epoch each selection rule picks: **last epoch**; **best validation** (the epoch of best accuracy on '
                 'a validation split); **test-selected** (the epoch of best test accuracy: chosen on the test set, '
-                'so optimistic, as the released code\'s best_acc). Parameters without the auxiliary head; MACs = '
-                'multiply-adds for one image; ' + latency + '.', '']
+                'so optimistic, as the released code\'s best_acc); **mean of the last 5 epochs** (as the noisy-label '
+                'FER papers report). Parameters without the auxiliary head; MACs = multiply-adds for one image; ' +
+                latency + '.' + (' Runs trained under label noise (train.py --noise_method) add the method and the '
+                                 'last epoch\'s AUROC of its per-sample score for flipped training labels.'
+                                 if noisy else ''), '']
         header = ['run', 'status', 'model', 'dataset', 'noise', 'seed', 'epochs', 'params', 'MACs', 'size (MB)',
-                  'latency (ms)'] + labels
+                  'latency (ms)'] + labels + ['method', 'AUROC'] * noisy
         rows = []
         for r in evals:
             row = r['row']
             rows.append([row['run'], row['status'], row['model'], row['dataset'], row['noise'], row['seed'],
                          row['epochs'], number(row['params'], 'count'), number(row['macs'], 'mega'),
                          number(row['model_size_mb'], 'float'), number(row['latency_ms'], 'float')] +
-                        [number(row[f'{s}_{key}'], 'float') for s in selections for key, _ in METRICS])
+                        [number(row[f'{s}_{key}'], 'float') for s in selections for key, _ in METRICS] +
+                        [row['noise_method'], number(row['auroc'], 'ratio')] * noisy)
         out += [markdown_table(header, rows), '']
         left_out = len(evals) - sum(g['runs'] for g in groups)
         out += ['## Mean ± standard deviation over seeds', '',

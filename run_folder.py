@@ -30,6 +30,8 @@ TENSORBOARD = 'tensorboard'
 FAILED = 'FAILED'  # the error of a run that stopped with one
 
 KINDS = {'search': 'train_search.py', 'eval': 'train.py'}  # the run folder's prefix is its kind
+UMASK = os.umask(0o022)  # read once (setting is the only way to read it): written files get the usual permissions
+os.umask(UMASK)
 
 
 # ---------------------------------------------------------------- writing
@@ -49,6 +51,7 @@ def atomic_write(path, write, advice='then run the command again'):
     try:
         handle, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
         os.close(handle)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's 0600 would make every result private to its writer
         write(tmp)
         os.replace(tmp, path)
     except BaseException as e:  # a failed write or Ctrl-C: never leave the temporary file behind
@@ -74,6 +77,7 @@ def atomic_folder(out):
         raise UserError(f'{out} already exists and is not empty; remove it or choose another output folder.')
     check_output_folder(out)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.', suffix='.tmp', dir=os.path.dirname(os.path.abspath(out)))
+    os.chmod(tmp, 0o777 & ~UMASK)
     try:
         yield tmp
         if os.path.isdir(out):

@@ -1,6 +1,7 @@
 """Train a network from scratch (or from ImageNet backbones) and evaluate it on the test set: a searched GLA-FERNet
 architecture (paper Sec. 4) or one of the hand-designed FER networks it is compared with (baselines.py), each with
-its paper's recipe; model selection on a validation split where there is one."""
+its paper's recipe; model selection on a validation split where there is one; optionally with a noise-robust training
+method (SCN, RUL, EAC, NLA: noise.py)."""
 import argparse
 import os
 
@@ -39,18 +40,23 @@ network.add_argument('--se_gate', choices=['sample', 'batch'], default='sample',
 network.add_argument('--dropout', type=cli.non_negative_float, default=0.5,
                      help='fgw_fer, cores_se: dropout before the classifier')
 network.add_argument('--pretrained', type=cli.optional(str), default=None,
-                     help="shufflenet_v2, cores_se: ImageNet weights for the backbones: 'imagenet' (torchvision "
-                          "downloads them), a folder holding torchvision's weight files, or 'none'")
+                     help="shufflenet_v2, cores_se, resnet18: ImageNet weights for the backbones: 'imagenet' "
+                          "(torchvision downloads them), a folder holding torchvision's weight files, or 'none'; "
+                          "resnet18 also takes a face-recognition checkpoint file, such as the MS-Celeb-1M "
+                          "resnet18_msceleb.pth of SCN, RUL, EAC and NLA")
 training = parser.add_argument_group("training options (any model; a model's recipe sets some of them)")
-training.add_argument('--optimizer', choices=['sgd', 'adamw'], default='sgd', help='sgd uses --momentum')
-training.add_argument('--scheduler', choices=['cosine', 'step', 'plateau'], default='cosine',
+training.add_argument('--optimizer', choices=['sgd', 'adamw', 'adam'], default='sgd',
+                      help='sgd uses --momentum; adam adds the weight decay to the gradient (L2, as the noisy-label '
+                           'FER papers), adamw decouples it')
+training.add_argument('--scheduler', choices=['cosine', 'step', 'plateau', 'exponential'], default='cosine',
                       help='cosine: to --learning_rate_min over --epochs; step: x --lr_gamma every --lr_step_size '
                            'epochs; plateau: x --lr_gamma after --plateau_patience epochs without a lower '
-                           'validation loss (needs a validation set)')
+                           'validation loss (needs a validation set); exponential: x --lr_gamma every epoch')
 training.add_argument('--lr_warmup_epochs', type=cli.non_negative_int, default=0,
                       help='cosine, step: epoch t < W trains at (t+1)/W of --learning_rate')
 training.add_argument('--lr_step_size', type=cli.positive_int, default=30, help='step: epochs between lr drops')
-training.add_argument('--lr_gamma', type=cli.positive_float, default=0.1, help='step, plateau: the lr factor of a drop')
+training.add_argument('--lr_gamma', type=cli.positive_float, default=0.1,
+                      help='step, plateau, exponential: the lr factor of a drop')
 training.add_argument('--plateau_patience', type=cli.non_negative_int, default=10,
                       help='plateau: epochs without a lower validation loss before the lr drops')
 training.add_argument('--label_smoothing', type=cli.portion, default=0.0, help='label smoothing of the loss')
@@ -76,13 +82,49 @@ training.add_argument('--mask_fill', choices=['random', 'mean', 'black'], defaul
 training.add_argument('--val_portion', type=cli.portion, default=0.0,
                       help='a seeded, class-stratified share of the training set held out for validation, on which '
                            'best.pt and the plateau scheduler select (default 0: none, as released)')
+noisy = parser.add_argument_group('training under label noise (docs/noise.md; each default is its paper\'s code\'s)')
+noisy.add_argument('--noise_method', choices=list(recipes.NOISE_METHODS), default='none',
+                   help='none: cross-entropy; scn: Self-Cure Network (attention, rank regularisation, relabelling); '
+                        'rul: Relative Uncertainty Learning; eac: Erasing Attention Consistency; nla: noise-aware '
+                        'adaptive weight and flip consistency. With resnet18 each takes its paper\'s recipe')
+noisy.add_argument('--scn_beta', type=cli.portion, default=0.7, help='scn: the share of the high-attention group')
+noisy.add_argument('--scn_margin_1', type=cli.non_negative_float, default=0.15,
+                   help='scn: rank regularisation margin (its code and paper; its README gives 0.07 for batch 64)')
+noisy.add_argument('--scn_margin_2', type=cli.non_negative_float, default=0.2,
+                   help='scn: relabel when P_max - P_label exceeds it')
+noisy.add_argument('--scn_relabel_epoch', type=cli.non_negative_int, default=9,
+                   help='scn: the first epoch that relabels, counted from 0 as the log does (SCN counts from 1: its '
+                        'default 10)')
+noisy.add_argument('--rul_dim', type=cli.positive_int, default=64, help='rul: the mean and variance heads\' dimension')
+noisy.add_argument('--rul_dropout', type=cli.portion, default=0.4, help='rul: dropout in the mean and variance heads')
+noisy.add_argument('--rul_fc_lr_factor', type=cli.positive_float, default=10.0,
+                   help="rul: the classifier's learning rate over --learning_rate")
+noisy.add_argument('--eac_lambda', type=cli.non_negative_float, default=5.0, help='eac: weight of the CAM consistency')
+noisy.add_argument('--nla_lam_a', type=cli.non_negative_float, default=0.5, help='nla: weight of the cross-entropy')
+noisy.add_argument('--nla_lam_b', type=cli.non_negative_float, default=0.5,
+                   help='nla: weight of the adaptively weighted cross-entropy')
+noisy.add_argument('--nla_lam_c', type=cli.non_negative_float, default=0.5, help='nla: weight of the flip consistency')
+noisy.add_argument('--nla_slope', type=float, default=-15.0, help='nla: eps = 1 - exp(slope * epoch / epochs)')
+noisy.add_argument('--nla_mu_t', type=float, nargs=2, default=[0.5, 0.5],
+                   help='nla: mean of (P_label, P_nearest negative) where the label is the arg max')
+noisy.add_argument('--nla_mu_f', type=float, nargs=2, default=[0.3, 0.15], help='nla: the mean elsewhere')
+noisy.add_argument('--nla_t_std', type=cli.positive_float, default=0.8, help='nla: major std where label = arg max')
+noisy.add_argument('--nla_t_ratio', type=cli.positive_float, default=2.0, help='nla: its major / minor std ratio')
+noisy.add_argument('--nla_f_std', type=cli.positive_float, default=0.91, help='nla: major std elsewhere')
+noisy.add_argument('--nla_f_ratio', type=cli.positive_float, default=6.0, help='nla: its major / minor std ratio')
+noisy.add_argument('--nla_t_lambda', type=cli.non_negative_float, default=1.0,
+                   help='nla: factor of the weight where label = arg max')
+noisy.add_argument('--noise_literal', action='store_true',
+                   help="nla: its code's consistency term (KL from the softmax of the mean logits, summed over the "
+                        "batch), which its published numbers used, in place of the Jensen-Shannon divergence")
+
 
 def recipe(args):
     """The published settings of the network to train, as defaults of the flags not given: a baseline's paper
     recipe (recipes.py); for the genotype of a search (--genotype_file), the discrete network of the search's method
     (genotypes.METHODS: EmoNAS trains 5 cells of 36 channels for 70 epochs...); none otherwise."""
     if args.model != 'gla_fernet':
-        return args.model, recipes.model_recipe(args.model, args.dataset)
+        return args.model, recipes.model_recipe(args.model, args.dataset, args.noise_method)
     if args.genotype_file:
         try:
             # the file a pattern matches now, so that main() reads the genotype the recipe is for
@@ -94,10 +136,10 @@ def recipe(args):
     return 'gla_fernet', {}
 
 
-def recipe_settings(name, dataset):
+def recipe_settings(name, dataset, noise_method='none'):
     """The settings of the recipe a run recorded by name (args.recipe): a baseline's or a search method's."""
     if name in recipes.MODELS:
-        return recipes.model_recipe(name, dataset)
+        return recipes.model_recipe(name, dataset, noise_method)
     return genotypes.METHODS[name]['train'] if name in genotypes.METHODS else {}
 
 
@@ -112,9 +154,12 @@ def check_args(parser, args):
     for flag, models in recipes.model_flags().items():
         if args.model not in models and getattr(args, flag) != parser.get_default(flag):
             parser.error(f'argument --{flag}: applies to --model {" or ".join(models)}, not to --model {args.model}')
-    if args.pretrained not in (None, 'imagenet') and not os.path.isdir(args.pretrained):
-        parser.error(f"argument --pretrained: {args.pretrained} is no folder; give 'imagenet', 'none' or a folder "
-                     f"holding torchvision's ImageNet weight files")
+    face = recipes.MODELS[args.model].face_checkpoint
+    if args.pretrained not in (None, 'imagenet') and not os.path.isdir(args.pretrained) and not (
+            face and os.path.isfile(args.pretrained)):
+        parser.error(f"argument --pretrained: {args.pretrained} is no folder{' or file' if face else ''}; give "
+                     f"'imagenet', 'none' or a folder holding torchvision's ImageNet weight files" +
+                     (' or a face-recognition checkpoint file' if face else ''))
     if recipes.MODELS[args.model].two_branch and (args.mixup_alpha or args.cutmix_alpha):
         parser.error(f"--mixup_alpha and --cutmix_alpha do not combine with {args.model}'s two-branch training (its "
                      f"loss already mixes a uniform and a reversed batch)")
@@ -123,12 +168,42 @@ def check_args(parser, args):
                      f'pixels, got {args.image_size}')
     if args.scheduler == 'plateau' and args.lr_warmup_epochs:
         parser.error('argument --lr_warmup_epochs: applies to --scheduler cosine or step, not plateau')
+    check_noise_args(parser, args)
     if args.lr_warmup_epochs >= args.epochs:
         from_recipe = recipe_settings(args.recipe, args.dataset).get('lr_warmup_epochs') == args.lr_warmup_epochs
         source = f" (the {args.recipe} recipe's)" if from_recipe else ''
         parser.error(f'argument --lr_warmup_epochs: a warm-up of {args.lr_warmup_epochs} epochs{source} leaves none of '
                      f'the --epochs {args.epochs} at the full learning rate; give --lr_warmup_epochs 0, or fewer '
                      f'warm-up epochs than --epochs')
+
+
+
+def check_noise_args(parser, args):
+    """Refuse a --noise_method where it does not apply, and the training options it does not combine with."""
+    method, model = args.noise_method, recipes.MODELS[args.model]
+    for name, flags in recipes.NOISE_METHODS.items():
+        for flag in flags:
+            if name != method and getattr(args, flag) != parser.get_default(flag):
+                parser.error(f'argument --{flag}: applies to --noise_method {name}, not {method}')
+    if method == 'none':
+        return
+    refusals = [
+        (model.two_branch, f"{args.model}'s two-branch training is a loss of its own, which {method}'s loss would "
+                           f"replace"),
+        (method == 'eac' and not model.class_activation_maps,
+         f'eac needs class activation maps: a last feature map followed by global pooling and one linear layer, '
+         f'and {args.model} has none'),
+        (getattr(args, 'auxiliary', False), f"--auxiliary: {method}'s loss uses the network's features and head, not "
+                                            f"the auxiliary tower's logits"),
+        (args.mixup_alpha or args.cutmix_alpha, f"--mixup_alpha and --cutmix_alpha: {method}'s loss needs each "
+                                                f"image's own label; give --mixup_alpha 0 --cutmix_alpha 0"),
+        (args.label_smoothing, f"--label_smoothing: {method}'s loss is defined on the hard labels; give "
+                               f"--label_smoothing 0"),
+        (args.compile, f"--compile compiles the network's forward, which {method}'s training step does not call"),
+    ]
+    for refused, why in refusals:
+        if refused:
+            parser.error(f'--noise_method {method}: {why}')
 
 
 if __name__ == '__main__':
@@ -143,6 +218,7 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.optim.swa_utils import AveragedModel, update_bn  # noqa: E402
 
 import data_loader  # noqa: E402
+import noise  # noqa: E402
 import utils  # noqa: E402
 import visualize  # noqa: E402
 from augment import Augmentation, BatchMixer  # noqa: E402
@@ -160,23 +236,14 @@ def main(args, log):
     loaders = training_loaders(data, args, run, log)
     num_classes = len(loaders.class_names)
 
-    model = create_model(args.model, num_classes, **model_options(args, genotype)).to(device)
-    if args.pretrained and run.checkpoint is None:  # a resumed run's weights come from its checkpoint
-        load_pretrained(model, args.model, args.pretrained, log)
-    stats = network_statistics(model, args.image_size, device)
-    log(f'param size = {stats["params_without_auxiliary"] / 1e6:f}M ({stats["weights"] / 1e6:f}M convolution and '
-        f'linear weights), FLOPs = {stats["flops"] / 1e6:.2f}M ({stats["macs"] / 1e6:.2f}M multiply-adds) at '
-        f'{args.image_size}x{args.image_size}, model size = {stats["model_size_mb"]:.2f}MB')
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model.parameters(), args)
+    model, stats = build_model(args, run, genotype, num_classes, log)
+    optimizer = make_optimizer(noise.parameter_groups(model, args), args)
     scheduler = make_scheduler(optimizer, args)
     amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     update = utils.WeightUpdate(list(model.parameters()), optimizer, scaler, args.grad_clip, amp_dtype)
-    forward_model = utils.maybe_compile(model, next(iter(loaders.test))[0], log) if args.compile else model
-    if run.world_size > 1:
-        forward_model = DistributedDataParallel(forward_model, device_ids=[device.index] if device.type == 'cuda' else None)
+    forward_model = training_forward(model, args, run, loaders, log)
+    method = noise.Method(args, model, loaders.train.labels, loaders.clean_labels, loaders.augmentation)
     mixer = None
     if args.mixup_alpha or args.cutmix_alpha:
         mixer = BatchMixer(num_classes, args.mixup_alpha, args.cutmix_alpha, args.mix_switch_prob,
@@ -188,16 +255,19 @@ def main(args, log):
     stateful = {'model': model, 'optimizer': optimizer, 'scheduler': scheduler, 'scaler': scaler}
     if swa_model is not None:
         stateful['swa_model'] = swa_model
+    if args.noise_method == 'scn':  # its relabelled training labels
+        stateful['noise'] = method
     start_epoch, selection.best = run.restore(stateful, selection.best)
     report = Report(run, model, swa_model, loaders.class_names, genotype, recipe, stats)
     for epoch in range(start_epoch, args.epochs):
         lr = optimizer.param_groups[0]['lr']
         alpha = cumulative_alpha(epoch, args.epochs)
         log(f'epoch {epoch} lr {lr:e}' + (f' alpha {alpha:f}' if loaders.reversed is not None else ''))
-        if hasattr(model, 'drop_path_prob'):
-            model.drop_path_prob.fill_(args.drop_path_prob * epoch / args.epochs)
+        if hasattr(noise.base_network(model), 'drop_path_prob'):
+            noise.base_network(model).drop_path_prob.fill_(args.drop_path_prob * epoch / args.epochs)
         forward_model.train()
         loaders.train.set_epoch(epoch)
+        method.set_epoch(epoch)
         second_batches = None
         if loaders.reversed is not None:
             loaders.reversed.set_epoch(epoch)
@@ -208,13 +278,18 @@ def main(args, log):
         alpha_input = torch.tensor(alpha, device=device)
 
         def step(x, y):
+            if args.noise_method != 'none':
+                return method.step(forward_model, update, x, y, loaders.train.batch_index)
             second = next(second_batches) if second_batches is not None else None
             inputs, loss_fn = training_batch(x, y, args.label_smoothing, mixer, second, alpha, alpha_input)
-            return train_step(forward_model, update, inputs, loss_fn, args.auxiliary_weight)
+            logits, loss = train_step(forward_model, update, inputs, loss_fn, args.auxiliary_weight)
+            method.record(loaders.train.batch_index, y, F.cross_entropy(logits, y, reduction='none'))
+            return logits, loss
 
         progress = utils.Progress(log, f'train {epoch}', loaders.train, args.report_freq, epoch, args.epochs)
         train_loss, train_matrix = utils.run_epoch(step, loaders.train, num_classes, progress)
         run.check_loss(train_loss, f'training epoch {epoch}')
+        noisy = method.end_epoch()
         last = utils.evaluation_metrics(forward_model, loaders.test, num_classes, amp_dtype, run,
                                         f'testing after epoch {epoch}')
         valid = None
@@ -231,11 +306,44 @@ def main(args, log):
         swa = None
         if swa_model is not None and epoch == args.epochs - 1:
             swa = finish_swa(swa_model, loaders, num_classes, amp_dtype, run, log)
-        report.epoch(epoch, lr, train_loss.average(), train_matrix.compute(), last, valid, selection, swa)
+        report.epoch(epoch, lr, train_loss.average(), train_matrix.compute(), last, valid, selection, swa, noisy)
         run.save(epoch, selection.best, stateful, **report.checkpoint_extra(data, args))
 
     report.close()
     report.summary(last, selection, swa)
+
+
+def build_model(args, run, genotype, num_classes, log):
+    """The network to train, with the heads of --noise_method (SCN's, RUL's), on the run's device; and its
+    statistics."""
+    model = create_model(args.model, num_classes, **model_options(args, genotype))
+    if args.pretrained and run.checkpoint is None:  # a resumed run's weights come from its checkpoint
+        load_pretrained(model, args.model, args.pretrained, log)
+    model = noise.inference_network(model, args).to(run.device)
+    stats = network_statistics(model, args.image_size, run.device)
+    log(f'param size = {stats["params_without_auxiliary"] / 1e6:f}M ({stats["weights"] / 1e6:f}M convolution and '
+        f'linear weights), FLOPs = {stats["flops"] / 1e6:.2f}M ({stats["macs"] / 1e6:.2f}M multiply-adds) at '
+        f'{args.image_size}x{args.image_size}, model size = {stats["model_size_mb"]:.2f}MB')
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, stats
+
+
+def training_forward(model, args, run, loaders, log):
+    """What a training step calls: the model (compiled with --compile), or a --noise_method's forward of everything
+    its loss needs; under torchrun wrapped by DistributedDataParallel (for RUL allowing the network's own classifier,
+    which it does not use, to get no gradient)."""
+    if run.world_size > 1 and args.noise_method == 'scn' and args.sampler != 'uniform':
+        raise UserError(f'--noise_method scn under torchrun relabels each process\'s own samples, and --sampler '
+                        f'{args.sampler} can give one sample to two processes; use --sampler uniform, or one process')
+    forward_model = utils.maybe_compile(model, next(iter(loaders.test))[0], log) if args.compile else model
+    if args.noise_method != 'none':
+        forward_model = noise.TrainingForward(model, args.noise_method)
+    if run.world_size > 1:
+        device = run.device
+        forward_model = DistributedDataParallel(forward_model, device_ids=[device.index] if device.type == 'cuda' else
+                                                None, find_unused_parameters=args.noise_method == 'rul')
+    return forward_model
 
 
 def run_genotype(run, args, log):
@@ -271,7 +379,7 @@ def read_genotype(args):
 def log_recipe(args, log):
     """Log the recipe the run's flags came from and where a flag departs from it; returns metrics.json's record."""
     name = getattr(args, 'recipe', 'gla_fernet')  # runs from before recipes had none
-    settings = recipe_settings(name, args.dataset)
+    settings = recipe_settings(name, args.dataset, getattr(args, 'noise_method', 'none'))
     used = {flag: getattr(args, flag) for flag in settings}
     log(f'recipe {name}: ' + (', '.join(f'{flag} {value}' + ('' if value == settings[flag] else
                                                              f' (recipe: {settings[flag]})')
@@ -281,7 +389,8 @@ def log_recipe(args, log):
 
 class Loaders:
     """The batches of a training run: train (augmented, sampled as --sampler says), reversed (RLR-CNet's second
-    branch, else None), test, and val (None without a validation set)."""
+    branch, else None), test, and val (None without a validation set); the training set's clean labels where known
+    (else None) and the training augmentation."""
 
     def __init__(self, **loaders):
         self.__dict__.update(loaders)
@@ -293,8 +402,10 @@ def training_loaders(data, args, run, log):
     loader_args = dict(device=run.device, image_size=args.image_size, seed=args.seed, rank=run.rank,
                        world_size=run.world_size, channels_last=args.channels_last)
     augmentation = Augmentation(args.flip_noise, args.erasing, args.mask_fill)
-    train_loader = data_loader.DeviceLoader(train_set.images, train_set.labels, args.batch_size, augment=augmentation,
-                                            shuffle=True, drop_last=True, sampler=args.sampler, **loader_args)
+    batch_augmentation = noise.loader_augmentation(args, augmentation)
+    train_loader = data_loader.DeviceLoader(train_set.images, train_set.labels, args.batch_size,
+                                            augment=batch_augmentation, shuffle=True, drop_last=True,
+                                            sampler=args.sampler, **loader_args)
     # RLR-CNet's second branch learns from batches of the reversed sampler, drawn independently (stream 1).
     reversed_loader = None
     if recipes.MODELS[args.model].two_branch:
@@ -313,7 +424,8 @@ def training_loaders(data, args, run, log):
         raise UserError('--scheduler plateau lowers the lr when the validation loss stops falling, and this run '
                         'has no validation set: give --val_portion (e.g. 0.125) or another --scheduler')
     return Loaders(train=train_loader, reversed=reversed_loader, test=evaluation(test_set.images, test_set.labels),
-                   val=val_loader, class_names=train_set.class_names)
+                   val=val_loader, class_names=train_set.class_names, clean_labels=train_set.clean_labels,
+                   augmentation=augmentation)
 
 
 def validation_split(data, val_portion, seed, log):
@@ -326,12 +438,15 @@ def validation_split(data, val_portion, seed, log):
     if not val_portion:
         return data.train, None, None
     train_idx, val_idx = data_loader.stratified_split(data.train.labels, 1 - val_portion, seed)
+    clean = data.train.clean_labels
     part = lambda idx: data_loader.ImageSet(data.train.images[idx], data.train.labels[idx], data.train.class_names,
-                                            data.train.root)
+                                            data.train.root, None if clean is None else clean[idx])
     return part(train_idx), part(val_idx), f'a stratified {val_portion:g} of the training set, seed {seed}'
 
 
 def make_optimizer(parameters, args):
+    if args.optimizer == 'adam':
+        return torch.optim.Adam(parameters, args.learning_rate, weight_decay=args.weight_decay)
     if args.optimizer == 'adamw':
         return torch.optim.AdamW(parameters, args.learning_rate, weight_decay=args.weight_decay)
     return torch.optim.SGD(parameters, args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
@@ -344,6 +459,8 @@ def make_scheduler(optimizer, args):
                                                           patience=args.plateau_patience)
     if args.scheduler == 'cosine' and not args.lr_warmup_epochs:  # the released schedule
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
+    if args.scheduler == 'exponential' and not args.lr_warmup_epochs:  # the noisy-label FER papers'
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, args.lr_gamma)
 
     def factor(epoch):
         # A warm-up never trains at lr 0 (CoRes-SE's notebook trained its first two epochs at 0): its epoch t < W
@@ -352,6 +469,8 @@ def make_scheduler(optimizer, args):
             return (epoch + 1) / args.lr_warmup_epochs
         if args.scheduler == 'step':
             return args.lr_gamma ** (epoch // args.lr_step_size)
+        if args.scheduler == 'exponential':
+            return args.lr_gamma ** epoch
         floor = args.learning_rate_min / args.learning_rate
         return floor + (1 - floor) * (1 + math.cos(math.pi * epoch / args.epochs)) / 2
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -389,12 +508,15 @@ def train_step(model, update, inputs, loss_fn, auxiliary_weight=0.4):
 
 NOT_YET = {'epoch': -1, 'accuracy': -1.0}  # a selection record before any epoch
 SUMMARY = ('accuracy', 'balanced_accuracy', 'f1', 'loss')  # the validation figures a selection record keeps
+LAST_SUMMARY = ('epoch', 'accuracy', 'balanced_accuracy', 'f1')
+LAST_EPOCHS = 5  # EAC reports the mean test accuracy of its last 5 epochs (EAC issue 2), as noisy-label FER papers do
 
 
 class Selection:
     """The epochs a run reports besides the last, each a record of its test metrics: test_selected (best test
     accuracy: optimistic, the released best_acc) and val_selected (best validation accuracy, with the validation
-    figures as val_*). best.pt holds the weights of `best_pt`'s epoch: val_selected where there is a validation set."""
+    figures as val_*); and last5_mean, the mean test figures of the last LAST_EPOCHS epochs (of those run, when
+    fewer). best.pt holds the weights of `best_pt`'s epoch: val_selected where there is a validation set."""
 
     def __init__(self, has_validation, log):
         self.best = {'test_selected': NOT_YET, 'val_selected': NOT_YET}
@@ -406,6 +528,8 @@ class Selection:
         if 'test_selected' not in self.best:  # a run started before validation selection recorded one record
             self.best = {'test_selected': self.best, 'val_selected': NOT_YET}
         last['epoch'] = epoch
+        recent = self.best.get('recent', [])  # in the checkpoint's record, so a resumed run goes on with it
+        self.best['recent'] = recent[-(LAST_EPOCHS - 1):] + [{key: last[key] for key in LAST_SUMMARY}]
         if last['accuracy'] > self.best['test_selected']['accuracy']:
             self.best['test_selected'] = dict(last)
         if valid is not None and valid['accuracy'] > self.best['val_selected'].get('val_accuracy', -1.0):
@@ -413,8 +537,12 @@ class Selection:
 
     def records(self):
         """metrics.json's selection records."""
+        recent = self.best.get('recent', [])
+        last5 = {'epoch': recent[-1]['epoch'], 'epochs': len(recent),
+                 **{key: sum(r[key] for r in recent) / len(recent) for key in LAST_SUMMARY if key != 'epoch'}}
         return {'best_pt': self.best_pt, 'test_selected': self.best['test_selected'],
-                **({'val_selected': self.best['val_selected']} if self.best_pt == 'val_selected' else {})}
+                **({'val_selected': self.best['val_selected']} if self.best_pt == 'val_selected' else {}),
+                **({'last5_mean': last5} if recent else {})}
 
 
 class Report:
@@ -427,7 +555,8 @@ class Report:
         self.stats = stats
         self.writer = utils.tensorboard_writer(run)
 
-    def epoch(self, epoch, lr, train_loss, train, last, valid, selection, swa):
+    def epoch(self, epoch, lr, train_loss, train, last, valid, selection, swa, noisy=None):
+        """noisy: the --noise_method's record of the epoch (noise.Method.end_epoch)."""
         run, log, best = self.run, self.run.log, selection.best
         log(f'train_acc {train["accuracy"]:f}, train_balanced_acc {train["balanced_accuracy"]:f}, '
             f'train_f1 {train["f1"]:f}')
@@ -438,6 +567,9 @@ class Report:
         log(f'test_acc {last["accuracy"]:f}, test_balanced_acc {last["balanced_accuracy"]:f}, '
             f'test_precision {last["precision"]:f}, test_recall {last["recall"]:f}, test_f1 {last["f1"]:f}, '
             f'best_acc {best["test_selected"]["accuracy"]:f} at epoch {best["test_selected"]["epoch"]} (test-selected)')
+        noisy = {'method': run.args.noise_method, **(noisy or {})}
+        if len(noisy) > 1:
+            log(noise_line(noisy))
         run.check_weights(self.model, epoch)
         if not run.is_main:
             return
@@ -447,7 +579,8 @@ class Report:
                           train_acc=train['accuracy'], train_f1=train['f1'],
                           train_balanced_acc=train['balanced_accuracy'], test_acc=last['accuracy'],
                           test_balanced_acc=last['balanced_accuracy'], test_precision=last['precision'],
-                          test_recall=last['recall'], test_f1=last['f1'], **validation)
+                          test_recall=last['recall'], test_f1=last['f1'], **validation,
+                          **{f'noise_{k}': v for k, v in noisy.items() if k != 'method' and v is not None})
         if best[selection.best_pt]['epoch'] == epoch:
             run.save_weights(run_folder.BEST, self.model.state_dict())
         if swa is not None:
@@ -456,6 +589,7 @@ class Report:
         run.write_json(run_folder.METRICS, {
             'complete': epoch + 1 == epochs, 'epochs_done': epoch + 1, 'epochs': epochs, 'model': run.args.model,
             'recipe': self.recipe, 'last': last, **selection.records(), **({'swa': swa} if swa is not None else {}),
+            'label_noise': noisy,
             'class_names': self.class_names, **self.stats, 'genotype': self.genotype})
         visualize.plot_confusion_matrix(last['confusion_matrix'], self.class_names, run.path(run_folder.CONFUSION_MATRIX),
                                         f'{run.args.dataset} test, epoch {epoch}: accuracy {last["accuracy"]:.2f}%')
@@ -479,11 +613,28 @@ class Report:
         if selection.best_pt == 'val_selected':
             log(f'validation-selected: {line(best["val_selected"])} at epoch {best["val_selected"]["epoch"]} (best '
                 f'validation accuracy {best["val_selected"]["val_accuracy"]:.2f}%; in best.pt)')
+        if 'last5_mean' in selection.records():
+            last5 = selection.records()['last5_mean']
+            log(f'last-{last5["epochs"]} mean: {line(last5)} over epochs {last5["epoch"] - last5["epochs"] + 1}-'
+                f'{last5["epoch"]} (as EAC reports)')
         if swa is not None:
             log(f'SWA of epochs {swa_first_epoch(self.run.args)}-{self.run.args.epochs - 1}: {line(swa)} (in swa.pt)')
         log(f'test-selected: best {line(best["test_selected"])} at epoch {best["test_selected"]["epoch"]} (selected '
             f'on the test set, optimistic; the released best_acc)' +
             (f'; results in {self.run.folder}' if self.run.is_main else ''))
+
+
+def noise_line(noisy):
+    """The log line of a --noise_method's epoch record (noise.Method.end_epoch)."""
+    parts = []
+    if 'auroc' in noisy:
+        auroc = 'undefined (no flipped label)' if noisy['auroc'] is None else f'{noisy["auroc"]:.4f}'
+        parts.append(f'AUROC of its per-sample score for flipped training labels {auroc}')
+    if 'relabelled' in noisy:
+        parts.append(f'{noisy["relabelled"]} labels changed' + (
+            f' ({noisy["restored"]} to the clean label; {noisy["noisy_labels"]} labels differ from the clean list)'
+            if 'restored' in noisy else ''))
+    return f'{noisy["method"]}: ' + '; '.join(parts)
 
 
 def swa_first_epoch(args):

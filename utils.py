@@ -73,16 +73,35 @@ def set_threads(threads, device, log, world_size=1):
     machine has free cores: oversubscribed cores made a 2-core machine's search epoch 20 times slower."""
     if threads:
         torch.set_num_threads(threads)
-    if device.type != 'cpu' or not hasattr(os, 'getloadavg'):
+    used = torch.get_num_threads() * world_size
+    if device.type != 'cpu' or used == 1:  # one thread never oversubscribes: no need to measure (it takes 0.25 s)
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    load = os.getloadavg()[0]  # processes running or waiting over the last minute: mostly other programs' at start
-    free = max(1, cores - round(load))
-    used = torch.get_num_threads() * world_size
+    busy = busy_cores()
+    if busy is None:
+        return
+    free = max(1, cores - round(busy))
     if used > free:
-        log(f'warning: {used} CPU threads for {cores} cores of which about {free} are free (load average {load:.1f}): '
-            f'each step can be many times slower than on a quiet machine; give --threads {max(1, free // world_size)} '
-            f'(or set OMP_NUM_THREADS), or wait for the machine to be quiet')
+        log(f'warning: {used} CPU threads for {cores} cores, of which about {free} {"is" if free == 1 else "are"} '
+            f'free ({busy:.1f} busy with other programs): each step can be many times slower than on a quiet machine; '
+            f'give --threads {max(1, free // world_size)} (or set OMP_NUM_THREADS), or wait for the machine to be quiet')
+
+
+def busy_cores(seconds=0.25):
+    """How many cores other programs keep busy now, from two readings of /proc/stat (Linux); None elsewhere. The load
+    average would still count a run that just ended for a minute."""
+    def read():
+        with open('/proc/stat') as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # all jiffies, idle + iowait
+    try:
+        total_before, idle_before = read()
+        time.sleep(seconds)
+        total, idle = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total - total_before
+    return 0.0 if elapsed <= 0 else (os.cpu_count() or 1) * (1 - (idle - idle_before) / elapsed)
 
 
 def set_seed(seed, deterministic=False):
@@ -506,6 +525,26 @@ class Progress:
                  f'{self.images_per_step / max(seconds_per_step, 1e-9):.1f} img/s, '
                  f'{"epoch" if self.report_freq is not None else "pass"} left {duration(left)}{run_left}',
                  to_file=by_step)
+
+
+class CountProgress:
+    """A console line at least every Progress.REPORT_SECONDS while `total` items are worked through, one call per
+    item or per batch of them: '{verb} 1,200 of 35,000 images, 40.0 images/s, 0:14:20 left'."""
+
+    def __init__(self, total, verb, log, unit='images'):
+        self.total, self.verb, self.log, self.unit = total, verb, log, unit
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, count=1):
+        self.done += count
+        now = time.perf_counter()
+        if now - self.last < Progress.REPORT_SECONDS or self.done >= self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        self.log(f'{self.verb} {self.done:,} of {self.total:,} {self.unit}, {rate:.1f} {self.unit}/s, '
+                 f'{duration((self.total - self.done) / rate) if rate else "?"} left', to_file=False)
 
 
 @dataclass

@@ -334,3 +334,49 @@ def plot_accuracy_versus_cost(points, cost, path, accuracy_label):
     figure.legend([handles[label] for label in labels], labels, loc='outside lower center', ncol=columns, fontsize=8,
                   title='mean ± std over seeds', title_fontsize=8, frameon=False)
     save_figure(figure, path)
+
+
+# ---------------------------------------------------------------- faces: boxes on photos, class activation maps
+
+BOX_COLOUR = '#ffcc00'  # legible on skin, hair and most backgrounds
+CLASS_MAP_COLOURS = 'jet'  # the colour map of FER papers' attention figures
+CLASS_MAP_ALPHA = 0.45  # the face stays visible under the map
+
+
+def draw_faces(image, labelled_boxes):
+    """A copy of an H x W x 3 uint8 image (PIL) with each (box x0, y0, x1, y1, label) drawn: the box, and the label on
+    a dark band above it (below it at the top edge). Line width and text scale with the image."""
+    from PIL import Image, ImageDraw, ImageFont
+    picture = Image.fromarray(image)
+    draw = ImageDraw.Draw(picture)
+    size = max(12, round(min(picture.size) / 30))
+    try:
+        font = ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType
+    except (TypeError, ImportError, OSError):
+        font = ImageFont.load_default()
+    for box, label in labelled_boxes:
+        draw.rectangle(box, outline=BOX_COLOUR, width=max(2, size // 6))
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        width, height = right - left + 4, bottom - top + 4
+        y = box[1] - height if box[1] >= height else box[3]
+        draw.rectangle((box[0], y, box[0] + width, y + height), fill='black')
+        draw.text((box[0] + 2 - left, y + 2 - top), label, fill=BOX_COLOUR, font=font)
+    return picture
+
+
+def plot_class_map(image, heat, path, title=''):
+    """An aligned face (H x W x 3 uint8) beside the same face under its class activation map `heat` (H x W, scaled to
+    [0, 1] for this face), with the colour bar of that scale; one PNG."""
+    figure = Figure(figsize=(4.4, 2.3), layout='constrained')
+    plain, overlay = figure.subplots(1, 2)
+    plain.imshow(image, interpolation='nearest')
+    shown = overlay.imshow(heat, cmap=CLASS_MAP_COLOURS, vmin=0, vmax=1, interpolation='nearest')
+    overlay.imshow(image, interpolation='nearest', alpha=1 - CLASS_MAP_ALPHA)
+    for axes in (plain, overlay):
+        axes.set_axis_off()
+    bar = figure.colorbar(shown, ax=overlay, fraction=0.08, ticks=[0, 0.5, 1])
+    bar.ax.tick_params(labelsize=7)
+    bar.set_label('relative to this face', fontsize=7)
+    figure.suptitle(title, fontsize=9, **FONT)
+    figure.draw_without_rendering()
+    run_folder.atomic_write(path, lambda tmp: figure.savefig(tmp, format='png', dpi=PNG_DPI, facecolor='white'))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import data_loader
+import utils
 from augment import random_erasing, source_augment
 from data_loader import DeviceLoader, decode_image, load_dataset, measure_throughput, prepare_batch, stratified_split
 from formats import AFFECTNET_CLASSES, RAFDB_CLASSES, make_noise
@@ -217,14 +218,14 @@ def test_16_bit_png_decodes_like_its_8_bit_twin(tmp_path, grayscale):
 
 def test_a_long_decode_reports_its_progress(rafdb, monkeypatch):
     readings = iter(range(0, 10**6, 20))  # every reading of the clock 20 s after the last
-    monkeypatch.setattr(data_loader, 'time', SimpleNamespace(perf_counter=lambda: next(readings)))
+    monkeypatch.setattr(utils, 'time', SimpleNamespace(perf_counter=lambda: next(readings)))
     paths = sorted((rafdb / 'Image/aligned').glob('train_*'))
     messages = []
-    data_loader.load_images(paths, SIZE, cache_dir=rafdb / 'c', log=messages.append)
-    # The decode starts at 20 s; a line once 30 s have passed since the last, none after the last image.
+    data_loader.load_images(paths, SIZE, cache_dir=rafdb / 'c', log=lambda m, to_file=True: messages.append(m))
+    # A line once 30 s have passed since the last (each image takes 20 s here), none after the last image.
     assert [m for m in messages if m.endswith(' left')] == [
-        'decoding 2 of 10 images, 0:02:40 left', 'decoding 4 of 10 images, 0:02:00 left',
-        'decoding 6 of 10 images, 0:01:20 left', 'decoding 8 of 10 images, 0:00:40 left']
+        'decoding 2 of 10 images, 0.1 images/s, 0:02:40 left', 'decoding 4 of 10 images, 0.1 images/s, 0:02:00 left',
+        'decoding 6 of 10 images, 0.1 images/s, 0:01:20 left', 'decoding 8 of 10 images, 0.1 images/s, 0:00:40 left']
 
 
 # ---------------------------------------------------------------- split

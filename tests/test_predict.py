@@ -278,3 +278,18 @@ def test_long_work_says_what_it_does_and_how_far_it_is(runs, dataset, tmp_path, 
     assert out.index('exporting gla_fernet') < out.index('exported')
     assert f'classified 7 of {len(paths)} images, ' in out and f'classified 21 of {len(paths)} images, ' in out
     assert ' images/s, 0:00:0' in out  # and the time left
+
+
+def test_cam_without_faces_draws_the_map_of_each_images_predicted_class(runs, dataset, tmp_path, monkeypatch):
+    """--cam works on whole images too (no detector needed): one figure per classified image, named after it."""
+    sources = [formats.rafdb_image_path(dataset, f'test_{i:04d}.jpg') for i in (1, 2)]
+    predict_main([runs['gla_seed0'], *map(str, sources), '--cam', 'maps', '--out', 'out.json'], tmp_path, monkeypatch)
+    names = [f'{os.path.splitext(os.path.basename(path))[0]}.png' for path in sources]
+    assert sorted(os.listdir(tmp_path / 'maps')) == sorted(names)
+    assert Image.open(tmp_path / 'maps' / names[0]).format == 'PNG'
+
+
+def test_a_video_without_faces_is_refused_with_one_message(runs, tmp_path, monkeypatch):
+    (tmp_path / 'clip.mp4').write_bytes(b'')
+    with pytest.raises(UserError, match='clip.mp4 is a video; classify its faces with --faces'):
+        predict_main([runs['gla_seed0'], str(tmp_path / 'clip.mp4')], tmp_path, monkeypatch)

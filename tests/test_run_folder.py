@@ -69,6 +69,7 @@ def test_concurrent_writers_of_one_file_never_collide_and_leave_one_whole_file(t
         assert sorted(pool.map(_write_many, [(path, 1), (path, 2)])) == [1, 2]
     assert json.load(open(path))['value'] in (1, 2)
     assert os.listdir(tmp_path) == ['report.json']  # no temporary file left behind
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~run_folder.UMASK  # not the temporary file's private 0600
 
 
 def test_output_in_a_missing_folder_or_onto_a_folder_is_refused_before_any_work(tmp_path):

@@ -73,6 +73,28 @@ def test_warm_up_never_trains_at_lr_zero_and_the_cosine_goes_on_from_epoch_zero(
     assert lrs[-1] == pytest.approx(1e-6 + (3e-4 - 1e-6) * (1 + torch.cos(torch.tensor(torch.pi * 49 / 50))) / 2)
 
 
+def test_adam_and_the_exponential_schedule_of_the_noisy_label_papers():
+    args = parse(['--model', 'resnet18', '--epochs', '4'])
+    optimizer = train.make_optimizer([torch.nn.Parameter(torch.zeros(1))], args)
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults['weight_decay'] == 1e-4
+    scheduler = train.make_scheduler(optimizer, args)
+    lrs = []
+    for _ in range(args.epochs):
+        lrs.append(optimizer.param_groups[0]['lr'])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([1e-4 * 0.9 ** t for t in range(4)])
+    warm = parse(['--model', 'resnet18', '--epochs', '4', '--lr_warmup_epochs', '2'])
+    optimizer = train.make_optimizer([torch.nn.Parameter(torch.zeros(1))], warm)
+    scheduler = train.make_scheduler(optimizer, warm)
+    lrs = []
+    for _ in range(warm.epochs):
+        lrs.append(optimizer.param_groups[0]['lr'])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.5e-4, 1e-4, 1e-4 * 0.81, 1e-4 * 0.729])  # then as if it had started at epoch 0
+
+
 # ---------------------------------------------------------------- samplers, masking, mixing
 
 def class_counts_of(loader, epochs):

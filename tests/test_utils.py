@@ -1,6 +1,7 @@
 """utils.py: metrics, the run folder (log, checkpoints, failures), progress lines, compilation, model statistics."""
 import argparse
 import json
+import os
 import random
 
 import pytest
@@ -174,3 +175,20 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
 def test_flops_of_a_convolution():
     conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
     assert utils.count_flops(conv, 8) == 2 * 8 * 8 * 8 * 3 * 3 * 3
+
+
+def test_more_threads_than_free_cores_are_said_once_at_start(monkeypatch):
+    threads = torch.get_num_threads()
+    lines = []
+    try:
+        monkeypatch.setattr(utils, 'busy_cores', lambda: float(os.cpu_count()))  # other programs keep every core busy
+        utils.set_threads(2, torch.device('cpu'), lines.append)
+        assert torch.get_num_threads() == 2 and len(lines) == 1
+        assert '2 CPU threads' in lines[0] and 'give --threads 1' in lines[0]
+        monkeypatch.setattr(utils, 'busy_cores', lambda: 0.0)  # a quiet machine: nothing to say
+        utils.set_threads(1, torch.device('cpu'), lines.append)
+        assert len(lines) == 1
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.undo()
+    assert 0 <= utils.busy_cores(0.05) <= os.cpu_count()

@@ -259,6 +259,8 @@ def test_benchmark_writes_every_figure(tmp_path):
                                                         k=2)
     assert results['supernet_params'] == count_parameters(supernet, exclude=supernet.arch_parameters())
     assert results['config']['method'] == 'darts' and results['config']['k'] == 2
+    # operator calls: an architecture step and a weight step run far more operators than one training step
+    assert results['search_step_operator_calls'] > results['train_step_operator_calls'] > 100
     net = model.Network(4, 7, 3, False, genotypes.GLA_FERNet, image_size=16)
     assert results['eval_params'] == count_parameters(net) and results['eval_flops'] == utils.count_flops(net, 16)
     assert results['config']['sampling'] == 'random' and results['torch'] == torch.__version__

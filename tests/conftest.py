@@ -1,5 +1,11 @@
 """Shared fixtures: a tiny synthetic RAF-DB folder for the script tests."""
+import os
+
 import pytest
+
+# One thread per test process, set before torch is imported: the tests' networks are tiny, and the workers of
+# pytest-xdist (one per core) with torch's default of a thread per core each would oversubscribe the cores.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 
 @pytest.fixture(scope='session')
@@ -77,3 +83,11 @@ def runs(dataset, tmp_path_factory):
     made['search'] = make_run(train_search, ['--data', dataset, '--epochs', '2', '--warmup_epochs', '1', '--save',
                                              'search', *TINY_DARTS], folder)
     return made
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (--dist loadgroup), the tests that use the session's tiny runs go to one worker, which makes
+    them once, rather than every worker making its own."""
+    for item in items:
+        if 'runs' in getattr(item, 'fixturenames', ()):
+            item.add_marker(pytest.mark.xdist_group('runs'))

@@ -242,7 +242,7 @@ def test_released_protocol_warns(dataset, tmp_path, monkeypatch, capsys):
     assert 'architecture steps on the TEST set' in capsys.readouterr().out
 
 
-def test_benchmark_writes_every_figure(tmp_path):
+def test_benchmark_writes_every_result(tmp_path):
     run('benchmark.py', ['--device', 'cpu', '--batch_size', '4', '--init_channels', '4', '--layers', '3',
                          '--eval_channels', '4', '--image_size', '16', '--steps', '1', '--repeats', '2',
                          '--method', 'darts', '--k', '2', '--sampling', 'random',

@@ -60,15 +60,20 @@ def test_flags_that_do_not_fit_the_model_are_refused(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_warm_up_never_trains_at_lr_zero_and_the_cosine_goes_on_from_epoch_zero():
-    args = parse(['--model', 'cores_se'])  # 50 epochs, 3 warm-up epochs, 3e-4 to 1e-6
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], args.learning_rate)
+def learning_rates(args):
+    """The learning rate of each epoch of a run with these arguments, as train.py's optimizer and schedule give them."""
+    optimizer = train.make_optimizer([torch.nn.Parameter(torch.zeros(1))], args)
     scheduler = train.make_scheduler(optimizer, args)
     lrs = []
     for _ in range(args.epochs):
         lrs.append(optimizer.param_groups[0]['lr'])
         optimizer.step()
         scheduler.step()
+    return lrs
+
+
+def test_warm_up_never_trains_at_lr_zero_and_the_cosine_goes_on_from_epoch_zero():
+    lrs = learning_rates(parse(['--model', 'cores_se']))  # 50 epochs, 3 warm-up epochs, 3e-4 to 1e-6
     assert lrs[:4] == pytest.approx([1e-4, 2e-4, 3e-4, 2.9735e-4], rel=1e-4)  # the notebook: 0, 0, 1e-4, 2e-4, ...
     assert lrs[-1] == pytest.approx(1e-6 + (3e-4 - 1e-6) * (1 + torch.cos(torch.tensor(torch.pi * 49 / 50))) / 2)
 
@@ -77,22 +82,10 @@ def test_adam_and_the_exponential_schedule_of_the_noisy_label_papers():
     args = parse(['--model', 'resnet18', '--epochs', '4'])
     optimizer = train.make_optimizer([torch.nn.Parameter(torch.zeros(1))], args)
     assert type(optimizer) is torch.optim.Adam and optimizer.defaults['weight_decay'] == 1e-4
-    scheduler = train.make_scheduler(optimizer, args)
-    lrs = []
-    for _ in range(args.epochs):
-        lrs.append(optimizer.param_groups[0]['lr'])
-        optimizer.step()
-        scheduler.step()
-    assert lrs == pytest.approx([1e-4 * 0.9 ** t for t in range(4)])
+    assert learning_rates(args) == pytest.approx([1e-4 * 0.9 ** t for t in range(4)])
     warm = parse(['--model', 'resnet18', '--epochs', '4', '--lr_warmup_epochs', '2'])
-    optimizer = train.make_optimizer([torch.nn.Parameter(torch.zeros(1))], warm)
-    scheduler = train.make_scheduler(optimizer, warm)
-    lrs = []
-    for _ in range(warm.epochs):
-        lrs.append(optimizer.param_groups[0]['lr'])
-        optimizer.step()
-        scheduler.step()
-    assert lrs == pytest.approx([0.5e-4, 1e-4, 1e-4 * 0.81, 1e-4 * 0.729])  # then as if it had started at epoch 0
+    # then as if it had started at epoch 0
+    assert learning_rates(warm) == pytest.approx([0.5e-4, 1e-4, 1e-4 * 0.81, 1e-4 * 0.729])
 
 
 # ---------------------------------------------------------------- samplers, masking, mixing

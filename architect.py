@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from utils import unwrap
+import utils
 
 # Finite-difference step of the Hessian-vector product, as in DARTS: r = 0.01 / ||grad||.
 HESSIAN_EPSILON = 0.01
@@ -19,7 +19,7 @@ class Architect:
 
     def __init__(self, model, weight_optimizer, arch_learning_rate, arch_weight_decay, grad_sync=None):
         self.model = model
-        self.network = unwrap(model)  # the plain module: parameter names for functional_call
+        self.network = utils.unwrap(model)  # the plain module: parameter names for functional_call
         self.weight_optimizer = weight_optimizer
         self.grad_sync = grad_sync
         self.optimizer = torch.optim.Adam(self.network.arch_parameters(), lr=arch_learning_rate, betas=ARCH_BETAS,
@@ -27,21 +27,22 @@ class Architect:
 
     def step(self, train_batch, valid_batch, unrolled):
         """One Adam step on the architecture parameters from the validation batch; returns the (detached)
-        validation loss. The unrolled step also needs the training batch of the weight step that follows."""
+        validation loss. The unrolled step also needs the training batch of the weight step that follows.
+
+        The gradients come from torch.autograd.grad and Adam updates through utils.optimizer_update: nothing is
+        written to .grad and nothing read back to the host, so the step can be compiled (utils.CompiledStep)."""
         arch_params = self.network.arch_parameters()
-        self.optimizer.zero_grad(set_to_none=True)
         if unrolled:
             loss, grads = self.unrolled_gradients(train_batch, valid_batch)
-            for p, g in zip(arch_params, grads):
-                p.grad = g
         else:
             x, y = valid_batch
             loss = F.cross_entropy(self.model(x), y)
-            # Only the architecture gradients are needed: the weight gradients are not computed at all.
-            loss.backward(inputs=arch_params)
+            # Only the architecture gradients are computed, not the weights'. An architecture parameter that no
+            # cell uses (alphas_normal of a supernet of reduction cells only) gets none, and Adam leaves it alone.
+            grads = torch.autograd.grad(loss, arch_params, allow_unused=True)
         if self.grad_sync is not None:
-            self.grad_sync([p.grad for p in arch_params])
-        self.optimizer.step()
+            self.grad_sync(grads)
+        utils.optimizer_update(self.optimizer, arch_params, grads)
         return loss.detach()
 
     def unrolled_gradients(self, train_batch, valid_batch):
@@ -59,6 +60,7 @@ class Architect:
         with torch.no_grad():
             unrolled = []
             for w, g in zip(weights, weight_grads):
+                # (a compiled step creates the buffers as zeros before its first step: the same update)
                 buf = self.weight_optimizer.state.get(w, {}).get('momentum_buffer')
                 moment = buf * momentum if buf is not None else 0.
                 unrolled.append(w - eta * (moment + g + weight_decay * w))

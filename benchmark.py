@@ -25,7 +25,11 @@ parser.add_argument('--k', type=cli.positive_int, default=4, help="partial-chann
 parser.add_argument('--steps', type=cli.positive_int, default=10, help='timed steps per repeat')
 parser.add_argument('--repeats', type=cli.positive_int, default=5, help='repeats; the median and the spread are reported')
 parser.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
-parser.add_argument('--compile', action='store_true', help='torch.compile both networks')
+parser.add_argument('--compile', action='store_true',
+                    help='compile the search step and the training step whole, as --compile does in the scripts')
+parser.add_argument('--compile_backend', choices=['inductor', 'aot_eager'], default='inductor',
+                    help='aot_eager: the captured graph run operator by operator (no code generation): '
+                         'what capture alone saves')
 parser.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                     help='channels-last discrete network (train.py default)')
 parser.add_argument('--search_channels_last', action='store_true', help='channels-last supernet (train_search.py: off)')
@@ -97,6 +101,20 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # Linux reports KiB
 
 
+def compiled(fn, optimizers, updates, device, args, results, key, log):
+    """fn itself, or with --compile fn as CompiledStep compiles it; its first call (the compilation) timed."""
+    if not args.compile:
+        return fn
+    for update in updates:
+        update.functional = True
+    step = utils.CompiledStep(fn, optimizers, device, log)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    results[f'{key}_compile_s'] = time.perf_counter() - start
+    return step
+
+
 def time_search(args, x, y, device, amp_dtype, use_scaler, search_format, results, record, log):
     """The search step (first order, and --unrolled unless skipped) and its per-call overhead."""
     batch = args.batch_size
@@ -108,23 +126,23 @@ def time_search(args, x, y, device, amp_dtype, use_scaler, search_format, result
     optimizer = torch.optim.SGD(supernet.weight_parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     update = utils.WeightUpdate(supernet.weight_parameters(), optimizer, scaler, 5.0, amp_dtype)
-    forward_supernet = utils.maybe_compile(supernet, x, log) if args.compile else supernet
-    architect = Architect(forward_supernet, optimizer, 6e-4, 1e-3)
+    architect = Architect(supernet, optimizer, 6e-4, 1e-3)
+    optimizers = [optimizer, architect.optimizer]
     for unrolled in ([False] if args.skip_unrolled else [False, True]):
-        def step():
-            search_step(forward_supernet, architect, update, (x, y), (x, y), unrolled)
-        record('search_step_unrolled_img_s' if unrolled else 'search_step_img_s',
-               time_calls(step, device, args.steps if not unrolled else max(args.steps // 2, 1), args.repeats), batch)
+        key = 'search_step_unrolled' if unrolled else 'search_step'
+        step = compiled(lambda: search_step(supernet, architect, update, (x, y), (x, y), unrolled), optimizers,
+                        [update], device, args, results, key, log)
+        record(f'{key}_img_s', time_calls(step, device, args.steps if not unrolled else max(args.steps // 2, 1),
+                                          args.repeats), batch)
         if not unrolled:
             results['search_step_operator_calls'] = operator_calls(step)
 
-    # The same step on 2 images of 16x16, eager: the arithmetic is negligible, so this is the per-call overhead
-    # (Python, dispatch, kernel launches) that bounds a step of many small kernels, as the supernet's are on a GPU.
+    # The same step on 2 images of 16x16: the arithmetic is negligible, so this is the per-call overhead (Python,
+    # dispatch, kernel launches) that bounds a step of many small kernels, as the supernet's are on a GPU.
     tiny_x, tiny_y = x[:2, :, :16, :16].contiguous(memory_format=search_format), y[:2]
-    eager_architect = Architect(supernet, optimizer, 6e-4, 1e-3)
-
-    def overhead_step():
-        search_step(supernet, eager_architect, update, (tiny_x, tiny_y), (tiny_x, tiny_y), False)
+    overhead_step = compiled(lambda: search_step(supernet, architect, update, (tiny_x, tiny_y), (tiny_x, tiny_y),
+                                                 False), optimizers, [update], device, args, results,
+                             'search_step_overhead', log)
     record('search_step_overhead_ms', time_calls(overhead_step, device, args.steps, args.repeats), 1, unit='ms')
 
 
@@ -144,6 +162,7 @@ def time_data(args, batch, device, results, rows):
 
 def main(args, log):
     device, _, _ = utils.init_distributed(args.device)
+    utils.COMPILE_BACKEND = args.compile_backend
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = device.type == 'cuda'
     amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
@@ -181,17 +200,18 @@ def main(args, log):
     if hasattr(net, 'drop_path_prob'):
         net.drop_path_prob.fill_(0.2)
     x = x.contiguous(memory_format=memory_format)
-    forward_net = utils.maybe_compile(net, x, log) if args.compile else net
+    forward_net = utils.maybe_compile(net, x, log, training=False) if args.compile else net
     optimizer = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     update = utils.WeightUpdate(list(net.parameters()), optimizer, scaler, 5.0, amp_dtype)
     # A two-branch network (RLR-CNet) learns from two batches per step: the images counted are the first batch's.
-    inputs, loss_fn = training_batch(x, y, 0.0, second=(x, y) if recipes.MODELS[args.model].two_branch else None,
-                                     alpha=0.5)
-    forward_net.train()
-    record('train_step_img_s', time_calls(lambda: train_step(forward_net, update, inputs, loss_fn, 0.4), device,
-                                       args.steps, args.repeats), batch)
-    results['train_step_operator_calls'] = operator_calls(lambda: train_step(forward_net, update, inputs, loss_fn, 0.4))
+    inputs, targets = training_batch(x, y, second=(x, y) if recipes.MODELS[args.model].two_branch else None,
+                                     alpha_input=torch.tensor(0.5, device=device))
+    net.train()
+    step = compiled(lambda: train_step(net, update, inputs, targets), [optimizer], [update], device, args, results,
+                    'train_step', log)
+    record('train_step_img_s', time_calls(step, device, args.steps, args.repeats), batch)
+    results['train_step_operator_calls'] = operator_calls(step)
     forward_net.eval()
     eval_batch = torch.randn(4 * batch, 3, args.image_size, args.image_size, device=device).contiguous(
         memory_format=memory_format)
@@ -204,8 +224,9 @@ def main(args, log):
     if not args.skip_search:
         time_data(args, batch, device, results, rows)
     config = {key: getattr(args, key) for key in ('model', 'batch_size', 'init_channels', 'layers', 'eval_channels',
-                                                  'image_size', 'method', 'sampling', 'k', 'amp', 'compile', 'channels_last',
-                                                  'search_channels_last', 'skip_search', 'steps', 'repeats')}
+                                                  'image_size', 'method', 'sampling', 'k', 'amp', 'compile',
+                                                  'compile_backend', 'channels_last', 'search_channels_last',
+                                                  'skip_search', 'steps', 'repeats')}
     results.update(spread=spread, config=config, torch=torch.__version__, cuda=torch.version.cuda,
                    device=torch.cuda.get_device_name(device) if device.type == 'cuda'
                    else f'{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)')
@@ -218,6 +239,10 @@ def main(args, log):
           (f'supernet {results["supernet_params"]:,} parameters; ' if 'supernet_params' in results else '') +
           f'{args.model} {results["eval_params"]:,} parameters ({results["eval_weights"]:,} convolution and linear '
           f'weights), {results["eval_flops"] / 1e6:.1f} MFLOPs = {results["eval_macs"] / 1e6:.1f} M multiply-adds')
+    compile_times = {key: value for key, value in results.items() if key.endswith('_compile_s')}
+    if compile_times:
+        print('compilation (first call): ' + ', '.join(f'{key[:-len("_compile_s")]} {value:.1f} s'
+                                                       for key, value in compile_times.items()))
     print('operator calls per step: ' + ', '.join(f'{key.replace("_operator_calls", "")} {value:,}'
                                                   for key, value in results.items() if key.endswith('_operator_calls')))
     if args.json:

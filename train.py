@@ -210,6 +210,7 @@ if __name__ == '__main__':
     # Parsed before torch is imported (seconds on a busy machine): --help and a bad flag answer at once.
     ARGS = cli.parse(parser, check_args, recipe=recipe)
 
+import functools  # noqa: E402
 import math  # noqa: E402
 
 import torch  # noqa: E402
@@ -242,7 +243,9 @@ def main(args, log):
     amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     update = utils.WeightUpdate(list(model.parameters()), optimizer, scaler, args.grad_clip, amp_dtype)
-    forward_model = training_forward(model, args, run, loaders, log)
+    # --noise_method's steps are refused with --compile (check_noise_args)
+    compile_step = args.compile and utils.can_compile_step(run, use_scaler, log)
+    forward_model = training_forward(model, args, run, loaders, log, training=not compile_step)
     method = noise.Method(args, model, loaders.train.labels, loaders.clean_labels, loaders.augmentation)
     mixer = None
     if args.mixup_alpha or args.cutmix_alpha:
@@ -258,9 +261,14 @@ def main(args, log):
     if args.noise_method == 'scn':  # its relabelled training labels
         stateful['noise'] = method
     start_epoch, selection.best = run.restore(stateful, selection.best)
+    weight_step = functools.partial(train_step, model if compile_step else forward_model, update,
+                                    label_smoothing=args.label_smoothing, auxiliary_weight=args.auxiliary_weight)
+    if compile_step:  # after the restore: the compiled step updates the restored optimizer state in place
+        update.functional = True
+        weight_step = utils.CompiledStep(weight_step, [optimizer], device, log)
     report = Report(run, model, swa_model, loaders.class_names, genotype, recipe, stats)
     for epoch in range(start_epoch, args.epochs):
-        lr = optimizer.param_groups[0]['lr']
+        lr = float(optimizer.param_groups[0]['lr'])
         alpha = cumulative_alpha(epoch, args.epochs)
         log(f'epoch {epoch} lr {lr:e}' + (f' alpha {alpha:f}' if loaders.reversed is not None else ''))
         if hasattr(noise.base_network(model), 'drop_path_prob'):
@@ -281,8 +289,7 @@ def main(args, log):
             if args.noise_method != 'none':
                 return method.step(forward_model, update, x, y, loaders.train.batch_index)
             second = next(second_batches) if second_batches is not None else None
-            inputs, loss_fn = training_batch(x, y, args.label_smoothing, mixer, second, alpha, alpha_input)
-            logits, loss = train_step(forward_model, update, inputs, loss_fn, args.auxiliary_weight)
+            logits, loss = weight_step(*training_batch(x, y, mixer, second, alpha_input))
             method.record(loaders.train.batch_index, y, F.cross_entropy(logits, y, reduction='none'))
             return logits, loss
 
@@ -329,14 +336,17 @@ def build_model(args, run, genotype, num_classes, log):
     return model, stats
 
 
-def training_forward(model, args, run, loaders, log):
-    """What a training step calls: the model (compiled with --compile), or a --noise_method's forward of everything
-    its loss needs; under torchrun wrapped by DistributedDataParallel (for RUL allowing the network's own classifier,
-    which it does not use, to get no gradient)."""
+def training_forward(model, args, run, loaders, log, training=True):
+    """What a training step and the evaluation call: the model (compiled with --compile; its training graph too
+    unless training=False, where the whole step is compiled), or a --noise_method's forward of everything its loss
+    needs; under torchrun wrapped by DistributedDataParallel (for RUL allowing the network's own classifier, which
+    it does not use, to get no gradient)."""
     if run.world_size > 1 and args.noise_method == 'scn' and args.sampler != 'uniform':
         raise UserError(f'--noise_method scn under torchrun relabels each process\'s own samples, and --sampler '
                         f'{args.sampler} can give one sample to two processes; use --sampler uniform, or one process')
-    forward_model = utils.maybe_compile(model, next(iter(loaders.test))[0], log) if args.compile else model
+    forward_model = model
+    if args.compile:
+        forward_model = utils.maybe_compile(model, next(iter(loaders.test))[0], log, training)
     if args.noise_method != 'none':
         forward_model = noise.TrainingForward(model, args.noise_method)
     if run.world_size > 1:
@@ -476,32 +486,41 @@ def make_scheduler(optimizer, args):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def training_batch(x, y, label_smoothing, mixer=None, second=None, alpha=1.0, alpha_input=None):
-    """A training step's network inputs and its loss as a function of the logits: cross-entropy (label smoothing
-    included) on the batch; on its Mixup/CutMix (soft targets); or, given `second` (a reversed-sampler batch),
-    RLR-CNet's cumulative two-branch loss alpha CE(z, y) + (1 - alpha) CE(z, y2), z the logits of both batches
-    (alpha_input: alpha as the network's input, a tensor on the device)."""
+def training_batch(x, y, mixer=None, second=None, alpha_input=None):
+    """A training step's network inputs and targets, for training_loss: the batch and its labels; its Mixup/CutMix
+    and their soft targets; or, given `second` (a reversed-sampler batch), RLR-CNet's two batches with alpha (a
+    tensor on the device, the network's input too) and both batches' labels."""
     if second is not None:
         x2, y2 = second
-        return (x, x2, alpha if alpha_input is None else alpha_input), lambda z: (
-            alpha * F.cross_entropy(z, y, label_smoothing=label_smoothing) +
-            (1 - alpha) * F.cross_entropy(z, y2, label_smoothing=label_smoothing))
+        return (x, x2, alpha_input), (y, y2, alpha_input)
     if mixer is not None:
         x, targets = mixer(x, y)
-        return (x,), lambda z: F.cross_entropy(z, targets)
-    return (x,), lambda z: F.cross_entropy(z, y, label_smoothing=label_smoothing)
+        return (x,), (targets,)
+    return (x,), (y,)
 
 
-def train_step(model, update, inputs, loss_fn, auxiliary_weight=0.4):
-    """One weight step on model(*inputs), with the auxiliary head's loss where the network has one. Returns
-    detached logits and loss."""
+def training_loss(logits, targets, label_smoothing):
+    """The loss of a training step on training_batch's targets: cross-entropy with the labels (label smoothing
+    included; Mixup/CutMix's soft targets hold their own), or RLR-CNet's cumulative two-branch loss
+    alpha CE(z, y) + (1 - alpha) CE(z, y2), z the logits of both batches."""
+    if len(targets) == 3:
+        y, y2, alpha = targets
+        return (alpha * F.cross_entropy(logits, y, label_smoothing=label_smoothing) +
+                (1 - alpha) * F.cross_entropy(logits, y2, label_smoothing=label_smoothing))
+    target, = targets
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing if target.dim() == 1 else 0.0)
+
+
+def train_step(model, update, inputs, targets, label_smoothing=0.0, auxiliary_weight=0.4):
+    """One weight step on model(*inputs) against training_batch's targets, with the auxiliary head's loss where the
+    network has one. Returns detached logits and loss."""
     update.zero_grad()
     with utils.autocast(inputs[0].device, update.amp_dtype):
         output = model(*inputs)
         logits, logits_aux = output if isinstance(output, tuple) else (output, None)
-        loss = loss_fn(logits.float())
+        loss = training_loss(logits.float(), targets, label_smoothing)
         if logits_aux is not None:
-            loss = loss + auxiliary_weight * loss_fn(logits_aux.float())
+            loss = loss + auxiliary_weight * training_loss(logits_aux.float(), targets, label_smoothing)
     update.apply(loss)
     return logits.detach(), loss.detach()
 

@@ -57,6 +57,7 @@ if __name__ == '__main__':
     # Parsed before torch is imported (seconds on a busy machine): --help and a bad flag answer at once.
     ARGS = cli.parse(parser, check_args, recipe)
 
+import functools  # noqa: E402
 import itertools  # noqa: E402
 
 import torch  # noqa: E402
@@ -99,8 +100,12 @@ def main(args, log):
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     grad_sync = utils.all_reduce_ if run.world_size > 1 else None
     update = utils.WeightUpdate(model.weight_parameters(), optimizer, scaler, args.grad_clip, amp_dtype, grad_sync)
-    forward_model = utils.maybe_compile(model, next(iter(arch_eval_loader))[0], log) if args.compile else model
-    architect = Architect(forward_model, optimizer, args.arch_learning_rate, args.arch_weight_decay, grad_sync)
+    compile_step = args.compile and utils.can_compile_step(run, use_scaler, log)
+    forward_model = model
+    if args.compile:  # the evaluation's forward; and the training forward where the whole step is not compiled
+        forward_model = utils.maybe_compile(model, next(iter(arch_eval_loader))[0], log, training=not compile_step)
+    architect = Architect(model if compile_step else forward_model, optimizer, args.arch_learning_rate,
+                          args.arch_weight_decay, grad_sync)
 
     run.start()
     if run.is_main:  # next to genotype.txt: train.py --genotype_file takes the method's discrete network from it
@@ -110,16 +115,27 @@ def main(args, log):
     stateful = {'model': model, 'optimizer': optimizer, 'arch_optimizer': architect.optimizer,
                 'scheduler': scheduler, 'scaler': scaler}
     start_epoch, best = run.restore(stateful, best={'epoch': -1, 'accuracy': -1.0, 'genotype': None})
+    # The two steps of Algorithm 1: a weight step alone (warm-up), and an architecture step with a weight step.
+    step_model = model if compile_step else forward_model
+    warmup_step = functools.partial(weight_step, step_model, update)
+    architecture_and_weight_step = functools.partial(search_step, step_model, architect, update,
+                                                     unrolled=args.unrolled)
+    if compile_step:  # after the restore: the compiled step updates the restored optimizer state in place
+        update.functional = True
+        warmup_step, architecture_and_weight_step = (
+            utils.CompiledStep(fn, [optimizer, architect.optimizer], device, log)
+            for fn in (warmup_step, architecture_and_weight_step))
     writer = utils.tensorboard_writer(run)
     for epoch in range(start_epoch, args.epochs):
-        lr = scheduler.get_last_lr()[0]  # this epoch's, logged as such (the scheduler steps after the epoch)
+        lr = float(scheduler.get_last_lr()[0])  # this epoch's, logged as such (the scheduler steps after the epoch)
         log(f'epoch {epoch} lr {lr:e}')
         searching = epoch >= args.warmup_epochs
         arch_batches = cycle(arch_loader, epoch) if searching else None  # none fetched in warm-up
 
         def step(x, y):
-            return search_step(forward_model, architect, update, (x, y), next(arch_batches) if searching else None,
-                               args.unrolled)
+            if searching:
+                return architecture_and_weight_step((x, y), next(arch_batches))
+            return warmup_step((x, y))
 
         forward_model.train()
         train_loader.set_epoch(epoch)
@@ -186,16 +202,21 @@ def cycle(loader, epoch):
 
 
 def search_step(model, architect, update, batch, arch_batch, unrolled):
-    """One step of Algorithm 1; returns the training batch's detached logits and loss.
+    """One step of Algorithm 1 after the warm-up; returns the training batch's detached logits and loss.
 
-    Phase 1 (after warm-up): an architecture step on `arch_batch`, a held-out batch. Phase 2: a weight step on
-    `batch` with the architecture fixed."""
+    Phase 1: an architecture step on `arch_batch`, a held-out batch. Phase 2: a weight step on `batch` with the
+    architecture fixed."""
+    # fp16 without a loss scale would underflow in the architecture gradients: that step stays fp32 then.
+    arch_dtype = None if update.amp_dtype == torch.float16 else update.amp_dtype
+    with utils.autocast(batch[0].device, arch_dtype):
+        architect.step(batch, arch_batch, unrolled)
+    return weight_step(model, update, batch)
+
+
+def weight_step(model, update, batch):
+    """A weight step on `batch`, the architecture fixed (alone: a warm-up step); returns the detached logits and
+    loss."""
     x, y = batch
-    if arch_batch is not None:
-        # fp16 without a loss scale would underflow in the architecture gradients: that step stays fp32 then.
-        arch_dtype = None if update.amp_dtype == torch.float16 else update.amp_dtype
-        with utils.autocast(x.device, arch_dtype):
-            architect.step(batch, arch_batch, unrolled)
     update.zero_grad()
     with utils.autocast(x.device, update.amp_dtype):
         logits = model(x)

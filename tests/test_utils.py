@@ -150,7 +150,7 @@ def test_progress_reports_by_time_on_the_console_and_by_step_in_the_log():
 # ---------------------------------------------------------------- compilation
 
 def test_compile_warm_up_leaves_statistics_random_generators_and_mode_untouched(monkeypatch):
-    monkeypatch.setattr(torch, 'compile', lambda model, dynamic: model)  # the warm-up runs the model itself
+    monkeypatch.setattr(torch, 'compile', lambda model, **options: model)  # the warm-up runs the model itself
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5))
     net.train()  # as train.py builds it
     before = {name: b.clone() for name, b in net.named_buffers()}
@@ -163,7 +163,7 @@ def test_compile_warm_up_leaves_statistics_random_generators_and_mode_untouched(
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):
-    def broken_compile(model, dynamic):
+    def broken_compile(model, **options):
         raise RuntimeError('no compiler here')
     monkeypatch.setattr(torch, 'compile', broken_compile)
     messages = []

@@ -1,0 +1,226 @@
+"""--compile's whole-step compilation (utils.CompiledStep): one graph without a break, one compilation per step and
+input shape, the eager step's numbers, nothing read back to the host, an exact resume.
+
+The graphs are captured as on a GPU (Dynamo, then AOT autograd's forward-backward graph) but run by the 'aot_eager'
+backend: inductor's code generation for even a tiny supernet takes many minutes on a CPU."""
+import functools
+import json
+import os
+import sys
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.backends.common import aot_autograd
+from torch._dynamo.utils import counters
+
+import cli
+import genotypes
+import model
+import model_search_ran_softmax_sigmoid as random_search
+import model_search_softmax_sigmoid as sequential_search
+import train
+import train_search
+import utils
+from architect import Architect
+from conftest import make_run
+
+# Fewer candidate operations than the methods' 7 or 8 (a third of the graph to capture), of every kind: none,
+# a pool (with its BatchNorm), the identity, a separable convolution.
+FEW_OPS = ('none', 'max_pool_3x3', 'skip_connect', 'sep_conv_3x3')
+METHOD_SUPERNETS = ([pytest.param(sequential_search.Network, method, id=f'sequential-{method}')
+                     for method in genotypes.METHODS]
+                    + [pytest.param(random_search.Network, 'gla_fernet', id='random-gla_fernet')])
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiler(monkeypatch):
+    """Dynamo's caches and counters emptied, as in a new process; its settings restored afterwards."""
+    monkeypatch.setattr(utils, 'COMPILE_BACKEND', 'aot_eager')
+    torch._dynamo.reset()
+    counters.clear()
+    with torch._dynamo.config.patch(trace_autograd_ops=False):  # CompiledStep turns it on
+        yield
+    torch._dynamo.reset()
+
+
+def graphs():
+    """(graphs compiled, graph breaks) since the last reset. A recompilation (a guard that failed) would be one
+    graph more."""
+    return counters['stats']['unique_graphs'], sum(counters['graph_break'].values())
+
+
+def supernet(cls, method):
+    torch.manual_seed(0)
+    settings = {name: value for name, value in genotypes.METHODS[method]['supernet'].items() if name != 'layers'}
+    settings['primitives'] = [p for p in settings['primitives'] if p in FEW_OPS]
+    return cls(4, 7, 3, image_size=16, steps=2, multiplier=2, **settings)
+
+
+def search_steps(cls, method, compiled, unrolled=False):
+    """Two warm-up steps and two search steps from the same start on the same batches; the supernet and its
+    optimizers after them."""
+    net = supernet(cls, method)
+    optimizer = torch.optim.SGD(net.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+    update = utils.WeightUpdate(net.weight_parameters(), optimizer, torch.amp.GradScaler('cpu', enabled=False), 5.0)
+    architect = Architect(net, optimizer, 6e-4, 1e-3)
+    warmup = functools.partial(train_search.weight_step, net, update)
+    search = functools.partial(train_search.search_step, net, architect, update, unrolled=unrolled)
+    if compiled:
+        update.functional = True
+        warmup, search = (utils.CompiledStep(fn, [optimizer, architect.optimizer], torch.device('cpu'), print)
+                          for fn in (warmup, search))
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(4, 3, 16, 16, generator=generator), torch.randint(0, 7, (4,), generator=generator))
+               for _ in range(6)]
+    torch.manual_seed(5)  # the same channel permutations in both
+    for epoch, lr in enumerate([0.025, 0.02]):  # a schedule changes the learning rate: no recompilation
+        for group in optimizer.param_groups:
+            group['lr'] = torch.tensor(lr) if compiled else lr
+            if compiled:
+                group['lr'].fill_(lr)
+        warmup(batches[epoch])
+        search(batches[2 + 2 * epoch], batches[3 + 2 * epoch])
+    return net, optimizer, architect.optimizer
+
+
+def capturing_backend(graphs):
+    """'aot_eager' that also keeps the graphs AOT autograd hands to the compiler."""
+    def keep(graph, example_inputs):
+        graphs.append(graph)
+        return graph
+    return aot_autograd(fw_compiler=keep)
+
+
+def assert_nothing_read_back(graph):
+    """What a CUDA graph cannot hold: a value read by the host (.item(), or a Python branch on a tensor: both would
+    break a fullgraph compilation anyway) or a shape made of the data (nonzero, a boolean mask)."""
+    for node in graph.graph.nodes:
+        if node.op != 'call_function' or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        assert node.target is not torch.ops.aten._local_scalar_dense.default, node
+        assert torch.Tag.data_dependent_output not in node.target.tags, node
+        value = node.meta.get('val')
+        if isinstance(value, torch.Tensor):  # (aten.index could make a shape of the data; here it does not)
+            assert all(isinstance(size, int) for size in value.shape), node
+
+
+@pytest.mark.parametrize('cls, method, unrolled', [*[pytest.param(*p.values, False, id=p.id) for p in METHOD_SUPERNETS],
+                                                   pytest.param(sequential_search.Network, 'gla_fernet', True,
+                                                                id='sequential-gla_fernet-unrolled')])
+def test_compiled_search_step_is_one_graph_and_computes_the_eager_step(cls, method, unrolled):
+    captured = []
+    utils.COMPILE_BACKEND = capturing_backend(captured)  # undone by fresh_compiler
+    net, optimizer, arch_optimizer = search_steps(cls, method, compiled=True, unrolled=unrolled)
+    assert graphs() == (2, 0)  # the warm-up step and the search step, each compiled once, unbroken
+    for graph in captured:
+        assert_nothing_read_back(graph)
+    if cls is random_search.Network:
+        assert any('rand' in str(node.target) for node in captured[1].graph.nodes), \
+            'the random channel permutations are drawn inside the graph'
+
+    eager, eager_optimizer, eager_arch_optimizer = search_steps(cls, method, compiled=False, unrolled=unrolled)
+    for (name, p), q in zip(net.named_parameters(), eager.parameters()):
+        assert (p - q).abs().max() <= 1e-5, name
+    for p, q in zip(net.weight_parameters(), eager.weight_parameters()):
+        assert (optimizer.state[p]['momentum_buffer'] - eager_optimizer.state[q]['momentum_buffer']).abs().max() <= 1e-5
+    for p, q in zip(net.arch_parameters(), eager.arch_parameters()):
+        assert arch_optimizer.state[p]['step'] == eager_arch_optimizer.state[q]['step'] == 2
+    for buffer, eager_buffer in zip(net.buffers(), eager.buffers()):  # BatchNorm statistics
+        assert (buffer.double() - eager_buffer.double()).abs().max() <= 1e-5
+
+
+# (candidate operations without convolutions: a smaller graph to capture)
+SEARCH = ['--compile', '--epochs', '3', '--warmup_epochs', '1', '--init_channels', '8', '--layers', '3',
+          '--sampling', 'random', '--primitives', 'none,max_pool_3x3,skip_connect']
+
+
+def test_compiled_search_resumes_exactly_without_a_graph_break_or_recompilation(dataset, tmp_path, monkeypatch):
+    # A search of 3 epochs: warm-up, search, search. The graphs: the warm-up step, the search step, and the
+    # evaluation's forward for its two batch shapes (the 33 held-out images are batches of 16, 16 and 1).
+    full = make_run(train_search, ['--data', dataset, *SEARCH, '--save', 'FULL'], tmp_path)
+    assert graphs() == (4, 0)
+    log = open(os.path.join(full, 'log.txt')).read()
+    assert log.count('step compiled into one graph') == 2 and 'running it eagerly' not in log
+
+    torch._dynamo.reset()
+    counters.clear()
+    stopped = make_run(train_search, ['--data', dataset, *SEARCH, '--save', 'STOP'], tmp_path, interrupt_after=1)
+    torch._dynamo.reset()  # as a new process would
+    counters.clear()
+    monkeypatch.setattr(sys, 'argv', ['train_search.py', '--resume', stopped])  # the resume rule reads it
+    train_search.main(cli.parse(train_search.parser, argv=['--resume', stopped]), utils.Log())
+    assert graphs() == (3, 0)  # the search step and the evaluation's two shapes, once each
+
+    expected = torch.load(os.path.join(full, 'weights.pt'), weights_only=True)
+    resumed = torch.load(os.path.join(stopped, 'weights.pt'), weights_only=True)
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    records = json.load(open(os.path.join(stopped, 'architecture_weights.json')))
+    assert records == json.load(open(os.path.join(full, 'architecture_weights.json')))
+
+
+def training_steps(compiled):
+    """Three training steps of a tiny GLA-FERNet network with its auxiliary head and drop-path (random, drawn inside
+    the graph), SGD with clipping and label smoothing, from the same start on the same batches."""
+    torch.manual_seed(0)
+    net = model.Network(4, 7, 3, True, genotypes.GLA_FERNet, image_size=16)
+    net.drop_path_prob.fill_(0.2)
+    net.train()
+    optimizer = torch.optim.SGD(net.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+    update = utils.WeightUpdate(list(net.parameters()), optimizer, torch.amp.GradScaler('cpu', enabled=False), 5.0)
+    step = functools.partial(train.train_step, net, update, label_smoothing=0.1, auxiliary_weight=0.4)
+    if compiled:
+        update.functional = True
+        step = utils.CompiledStep(step, [optimizer], torch.device('cpu'), print)
+    generator = torch.Generator().manual_seed(1)
+    torch.manual_seed(5)
+    for _ in range(3):
+        x, y = torch.randn(4, 3, 16, 16, generator=generator), torch.randint(0, 7, (4,), generator=generator)
+        step(*train.training_batch(x, y))
+    return net
+
+
+def test_compiled_training_step_is_one_graph_and_computes_the_eager_step():
+    captured = []
+    utils.COMPILE_BACKEND = capturing_backend(captured)
+    net = training_steps(compiled=True)
+    assert graphs() == (1, 0)
+    assert_nothing_read_back(captured[0])
+    eager = training_steps(compiled=False)
+    for (name, p), q in zip(net.named_parameters(), eager.parameters()):
+        assert (p - q).abs().max() <= 1e-5, name
+
+
+def test_train_py_compiles_its_step_once(dataset, tmp_path):
+    folder = make_run(train, ['--data', dataset, '--compile', '--arch', 'GLA_FERNet', '--init_channels', '4',
+                              '--layers', '3', '--epochs', '2', '--auxiliary', '--drop_path_prob', '0.2',
+                              '--label_smoothing', '0.1'], tmp_path)
+    # the training step, and the test set's forward for its two batch shapes (28 images: batches of 16 and 12)
+    assert graphs() == (3, 0)
+    log = open(os.path.join(folder, 'log.txt')).read()
+    assert log.count('step compiled into one graph') == 1 and 'running it eagerly' not in log
+    assert json.load(open(os.path.join(folder, 'metrics.json')))['complete']
+
+
+def test_a_step_that_cannot_be_compiled_runs_eagerly_after_a_warning(monkeypatch):
+    def step(x):
+        return weight.add_(x)
+    weight, messages = torch.zeros(2), []
+
+    def failing_compile(fn, **options):
+        def compiled(*args):
+            raise RuntimeError('no compiler here\nmore lines')
+        return compiled
+    monkeypatch.setattr(torch, 'compile', failing_compile)
+    compiled_step = utils.CompiledStep(step, [], torch.device('cpu'), messages.append)
+    compiled_step(torch.ones(2))
+    compiled_step(torch.ones(2))
+    assert weight.tolist() == [2.0, 2.0]  # the failed compilation changed nothing; each call ran once, eagerly
+    assert messages == ['warning: compiling the step failed (RuntimeError: no compiler here); running it eagerly']
+
+    monkeypatch.setattr(utils, 'configure_compiler', lambda: False)  # a torch without trace_autograd_ops
+    messages.clear()
+    utils.CompiledStep(step, [], torch.device('cpu'), messages.append)(torch.ones(2))
+    assert weight.tolist() == [3.0, 3.0] and 'cannot trace a backward into a graph' in messages[0]

@@ -146,7 +146,7 @@ def autocast(device, dtype):
 
 
 # The backend of torch.compile. Tests take 'aot_eager': the same capture (Dynamo, AOT autograd's joint graph), but
-# without inductor's code generation, which takes about ten minutes for a tiny supernet on a 2-core CPU.
+# without inductor's code generation, which takes about ten minutes for a 2-cell supernet's step on a 2-core CPU.
 COMPILE_BACKEND = 'inductor'
 
 

@@ -149,7 +149,9 @@ def add_runtime_arguments(parser, channels_last):
                             "cores, or 1: more threads than free cores can make each step many times slower")
     group.add_argument('--deterministic', action='store_true', help='repeatable CUDA runs (slower: no cuDNN autotuning)')
     group.add_argument('--amp', action='store_true', help='mixed precision (bf16 where supported, else fp16)')
-    group.add_argument('--compile', action='store_true', help='torch.compile the network (falls back to eager)')
+    group.add_argument('--compile', action='store_true',
+                       help='compile each training step whole into one graph (a CUDA graph on a GPU; the first '
+                            'step takes minutes); falls back to eager with a warning (docs/performance.md)')
     group.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=channels_last,
                        help='channels-last memory format')
     group.add_argument('--resume', default=None,

@@ -101,9 +101,12 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # Linux reports KiB
 
 
-def compiled(fn, optimizers, updates, device, args, results, key, log):
-    """fn itself, or with --compile fn as CompiledStep compiles it; its first call (the compilation) timed."""
-    if not args.compile:
+def compiled(fn, optimizers, updates, device, args, use_scaler, results, key, log):
+    """fn itself, or with --compile fn as CompiledStep compiles it (not with fp16 loss scaling, as in the scripts);
+    its first call (the compilation) timed."""
+    if args.compile and use_scaler:
+        log(f'{key}: not compiled whole: fp16 loss scaling reads its overflow check back to the host')
+    if not args.compile or use_scaler:
         return fn
     for update in updates:
         update.functional = True
@@ -131,7 +134,7 @@ def time_search(args, x, y, device, amp_dtype, use_scaler, search_format, result
     for unrolled in ([False] if args.skip_unrolled else [False, True]):
         key = 'search_step_unrolled' if unrolled else 'search_step'
         step = compiled(lambda: search_step(supernet, architect, update, (x, y), (x, y), unrolled), optimizers,
-                        [update], device, args, results, key, log)
+                        [update], device, args, use_scaler, results, key, log)
         record(f'{key}_img_s', time_calls(step, device, args.steps if not unrolled else max(args.steps // 2, 1),
                                           args.repeats), batch)
         if not unrolled:
@@ -141,8 +144,8 @@ def time_search(args, x, y, device, amp_dtype, use_scaler, search_format, result
     # dispatch, kernel launches) that bounds a step of many small kernels, as the supernet's are on a GPU.
     tiny_x, tiny_y = x[:2, :, :16, :16].contiguous(memory_format=search_format), y[:2]
     overhead_step = compiled(lambda: search_step(supernet, architect, update, (tiny_x, tiny_y), (tiny_x, tiny_y),
-                                                 False), optimizers, [update], device, args, results,
-                             'search_step_overhead', log)
+                                                 False), optimizers, [update], device, args, use_scaler,
+                             results, 'search_step_overhead', log)
     record('search_step_overhead_ms', time_calls(overhead_step, device, args.steps, args.repeats), 1, unit='ms')
 
 
@@ -208,8 +211,8 @@ def main(args, log):
     inputs, targets = training_batch(x, y, second=(x, y) if recipes.MODELS[args.model].two_branch else None,
                                      alpha_input=torch.tensor(0.5, device=device))
     net.train()
-    step = compiled(lambda: train_step(net, update, inputs, targets), [optimizer], [update], device, args, results,
-                    'train_step', log)
+    step = compiled(lambda: train_step(net, update, inputs, targets), [optimizer], [update], device, args,
+                    use_scaler, results, 'train_step', log)
     record('train_step_img_s', time_calls(step, device, args.steps, args.repeats), batch)
     results['train_step_operator_calls'] = operator_calls(step)
     forward_net.eval()

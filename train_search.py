@@ -104,8 +104,8 @@ def main(args, log):
     forward_model = model
     if args.compile:  # the evaluation's forward; and the training forward where the whole step is not compiled
         forward_model = utils.maybe_compile(model, next(iter(arch_eval_loader))[0], log, training=not compile_step)
-    architect = Architect(model if compile_step else forward_model, optimizer, args.arch_learning_rate,
-                          args.arch_weight_decay, grad_sync)
+    step_model = model if compile_step else forward_model  # a compiled step traces the plain module
+    architect = Architect(step_model, optimizer, args.arch_learning_rate, args.arch_weight_decay, grad_sync)
 
     run.start()
     if run.is_main:  # next to genotype.txt: train.py --genotype_file takes the method's discrete network from it
@@ -116,7 +116,6 @@ def main(args, log):
                 'scheduler': scheduler, 'scaler': scaler}
     start_epoch, best = run.restore(stateful, best={'epoch': -1, 'accuracy': -1.0, 'genotype': None})
     # The two steps of Algorithm 1: a weight step alone (warm-up), and an architecture step with a weight step.
-    step_model = model if compile_step else forward_model
     warmup_step = functools.partial(weight_step, step_model, update)
     architecture_and_weight_step = functools.partial(search_step, step_model, architect, update,
                                                      unrolled=args.unrolled)

@@ -252,7 +252,8 @@ class CompiledStep:
 
 def prepare_optimizer(optimizer, device):
     """Make an SGD or Adam(W) optimizer ready for a compiled step: its state as its first step would create it
-    (momentum buffers as zeros, which give that first step's result exactly), its learning rates float32 tensors on
+    (momentum buffers as zeros, which give that first step's result exactly; Adam's step count on the device, also
+    a resumed one, which comes back on the CPU), its learning rates float32 tensors on
     the device (float64 ones would make Dynamo trace the whole step twice); on a GPU, all of them at static addresses
     for CUDA graphs."""
     optimizer._opt_called = True  # what optimizer.step() sets, which the schedulers check: it is never called now
@@ -261,7 +262,10 @@ def prepare_optimizer(optimizer, device):
         group['lr'] = torch.as_tensor(group['lr'], dtype=torch.float32).to(device)
         tensors.append(group['lr'])
         for p in group['params']:
-            tensors.extend(optimizer_state(optimizer, p).values())
+            state = optimizer_state(optimizer, p)
+            if 'step' in state:  # Adam's count with the parameter, so that its update is capturable
+                state['step'] = state['step'].to(p.device)
+            tensors.extend(state.values())
     if device.type == 'cuda':
         for tensor in tensors:
             torch._dynamo.mark_static_address(tensor)
@@ -274,12 +278,10 @@ def optimizer_state(optimizer, p):
         if optimizer.defaults['momentum'] and 'momentum_buffer' not in state:
             state['momentum_buffer'] = torch.zeros_like(p, memory_format=torch.preserve_format)
     elif isinstance(optimizer, torch.optim.Adam):
-        if 'step' not in state:
-            # Adam keeps the step count on the CPU unless capturable; a compiled step wants it with the parameter.
-            state['step'] = torch.zeros((), dtype=torch.float32, device=p.device)
+        if 'step' not in state:  # the count on the CPU, as Adam keeps it unless capturable (prepare_optimizer)
+            state['step'] = torch.zeros((), dtype=torch.float32)
             state['exp_avg'] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state['exp_avg_sq'] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state['step'] = state['step'].to(p.device)  # a resumed Adam's count comes back on the CPU
     else:
         raise UserError(f'a compiled step updates with SGD or Adam(W), not {type(optimizer).__name__}')
     return state

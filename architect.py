@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+import training_step
 import utils
 
 # Finite-difference step of the Hessian-vector product, as in DARTS: r = 0.01 / ||grad||.
@@ -29,8 +30,8 @@ class Architect:
         """One Adam step on the architecture parameters from the validation batch; returns the (detached)
         validation loss. The unrolled step also needs the training batch of the weight step that follows.
 
-        The gradients come from torch.autograd.grad and Adam updates through utils.optimizer_update: nothing is
-        written to .grad and nothing read back to the host, so the step can be compiled (utils.CompiledStep)."""
+        The gradients come from torch.autograd.grad and Adam updates through training_step.optimizer_update: nothing is
+        written to .grad and nothing read back to the host, so the step can be compiled (training_step.CompiledStep)."""
         arch_params = self.network.arch_parameters()
         if unrolled:
             loss, grads = self.unrolled_gradients(train_batch, valid_batch)
@@ -42,7 +43,7 @@ class Architect:
             grads = torch.autograd.grad(loss, arch_params, allow_unused=True)
         if self.grad_sync is not None:
             self.grad_sync(grads)
-        utils.optimizer_update(self.optimizer, arch_params, grads)
+        training_step.optimizer_update(self.optimizer, arch_params, grads)
         return loss.detach()
 
     def unrolled_gradients(self, train_batch, valid_batch):

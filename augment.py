@@ -1,4 +1,4 @@
-"""Training-time randomness on the device: flip/noise and erasing (paper Sec. 4.1), class samplers, Mixup/CutMix."""
+"""Training-time randomness on the device: flip or pixel noise and erasing (paper Sec. 4.1), class samplers, Mixup/CutMix."""
 import math
 from dataclasses import dataclass
 
@@ -7,34 +7,34 @@ import torch
 import torch.nn.functional as F
 
 AUGMENT_P = 0.5  # released loader: with p=0.5 apply one of {flip, Gaussian noise}
-NOISE_STD = math.sqrt(30.0)  # released add_gaussian_noise: variance 30 on the 0..255 scale
+PIXEL_NOISE_STD = math.sqrt(30.0)  # released add_gaussian_noise: variance 30 on the 0..255 scale
 ERASE_P, ERASE_SCALE, ERASE_RATIO, ERASE_ATTEMPTS = 0.5, (0.02, 0.25), (0.3, 3.3), 10  # torchvision RandomErasing
 MASK_P, MASK_SCALE, MASK_RATIO, MASK_ATTEMPTS = 0.5, (0.04, 0.3), (0.3, 1 / 0.3), 100  # RLR-CNet Table 1, Eqs. 1-4
 MIX_STREAM = 1000  # the mixer's entropy key, apart from the loaders' streams (2 per loader, see DeviceLoader)
 
 
-# ---------------------------------------------------------------- flip, noise and erasing
+# ---------------------------------------------------------------- flip or pixel noise, and erasing
 
-def _add_noise(x, generator):
+def _add_pixel_noise(x, generator):
     z = torch.randn(x.shape, generator=generator, device=x.device)
-    return z.mul_(NOISE_STD).add_(x).clamp_(0, 255).to(torch.uint8)  # truncates, like the released astype(uint8)
+    return z.mul_(PIXEL_NOISE_STD).add_(x).clamp_(0, 255).to(torch.uint8)  # truncates, like the released astype(uint8)
 
 
 def source_augment(x, generator):
     """Released augmentation of uint8 images: with p=0.5, a horizontal flip or N(0, 30) noise, chosen uniformly."""
     u = torch.rand(x.shape[0], 2, generator=generator, device=x.device)
     chosen = u[:, 0] < AUGMENT_P
-    flip, noise = chosen & (u[:, 1] < 0.5), chosen & (u[:, 1] >= 0.5)
+    flip, pixel_noise = chosen & (u[:, 1] < 0.5), chosen & (u[:, 1] >= 0.5)
     if x.device.type == 'cpu':
         # On the host, indexing costs no device sync, and noise is drawn for a quarter of the batch only.
         x = x.clone()
-        flip, noise = flip.nonzero().flatten(), noise.nonzero().flatten()
+        flip, pixel_noise = flip.nonzero().flatten(), pixel_noise.nonzero().flatten()
         x[flip] = x[flip].flip(-1)
-        x[noise] = _add_noise(x[noise], generator)
+        x[pixel_noise] = _add_pixel_noise(x[pixel_noise], generator)
         return x
     # On an accelerator, masks keep the step free of host syncs, and noise for the whole batch is cheap.
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    return torch.where(noise.view(-1, 1, 1, 1), _add_noise(x, generator), x)
+    return torch.where(pixel_noise.view(-1, 1, 1, 1), _add_pixel_noise(x, generator), x)
 
 
 def random_erasing(x, generator, p=ERASE_P, scale=ERASE_SCALE, ratio=ERASE_RATIO, value=0.0,
@@ -75,10 +75,11 @@ def random_erasing(x, generator, p=ERASE_P, scale=ERASE_SCALE, ratio=ERASE_RATIO
 
 @dataclass(frozen=True)
 class Augmentation:
-    """A training augmentation: the released flip / noise on the source image (flip_noise), then erasing:
+    """A training augmentation: the released flip or Gaussian pixel noise on the source image (flip_or_pixel_noise,
+    the flag --flip_noise; not label noise), then erasing:
     'released' (torchvision's RandomErasing, as the released code), 'upper' (RLR-CNet's upper-half masking, the
     box filled with `fill`: uniform random pixels, the mean pixel or black) or 'none'."""
-    flip_noise: bool = True
+    flip_or_pixel_noise: bool = True
     erasing: str = 'released'
     fill: str = 'random'
 

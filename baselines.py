@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import model
 import recipes
+import run_folder
 from model import linear_class_maps
 from errors import UserError
 from operations import StridedPointwise, channel_shuffle
@@ -114,11 +115,13 @@ class FGWFER(FeaturesAndHead):
     def forward_head(self, features):
         return self.head(features).mean((2, 3))
 
-    def class_activation_maps(self, features, detach_weights=False):
-        """The head's 3x3 convolution to the classes, before its pooling, without its bias (CAM)."""
+    def class_activation_maps(self, features, detach_weights=False, mirrored=False):
+        """The head's 3x3 convolution to the classes, before its pooling, without its bias (CAM). mirrored: with the
+        kernel mirrored left to right, so that the maps of a mirror image, flipped back, are the image's own maps
+        wherever the features mirror too (EAC's consistency)."""
         conv = self.head[1]
         weight = conv.weight.detach() if detach_weights else conv.weight
-        return F.conv2d(features, weight, padding=conv.padding)
+        return F.conv2d(features, weight.flip(-1) if mirrored else weight, padding=conv.padding)
 
 
 def fgw_fer(num_classes, all_conv=False, dropout=0.5):
@@ -140,8 +143,8 @@ class TorchvisionNetwork(FeaturesAndHead):
     def forward_head(self, features):
         return self.fc(features.mean((2, 3)))
 
-    def class_activation_maps(self, features, detach_weights=False):
-        return linear_class_maps(self.fc, features, detach_weights)
+    def class_activation_maps(self, features, detach_weights=False, mirrored=False):
+        return linear_class_maps(self.fc, features, detach_weights)  # a 1x1 map: its mirror is itself
 
 
 class ShuffleNetV2(TorchvisionNetwork):
@@ -287,8 +290,8 @@ class RLRCNet(FeaturesAndHead):
     def forward_head(self, features):
         return self.classifier(features.mean((2, 3)))
 
-    def class_activation_maps(self, features, detach_weights=False):
-        return linear_class_maps(self.classifier, features, detach_weights)
+    def class_activation_maps(self, features, detach_weights=False, mirrored=False):
+        return linear_class_maps(self.classifier, features, detach_weights)  # a 1x1 map: its mirror is itself
 
     def forward(self, x, x_reversed=None, alpha=0.5):
         if x_reversed is None:
@@ -397,12 +400,12 @@ def pretrained_file_names(name):
     return [os.path.basename(weights.url) for _, weights in pretrained_weights(name)]
 
 
-def read_weights(path, what):
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- whatever is in the file, it is not these weights
-        raise UserError(f'--pretrained: {path} is not a readable {what} ({type(e).__name__}: '
-                        f'{str(e).splitlines()[0][:200]})') from None
+def mismatched(own, state):
+    """The keys of a network's state dict `own` that the file's `state` lacks or holds in another shape. BatchNorm's
+    num_batches_tracked may be missing: files saved before torch 0.4.1 (older torchvision and face-recognition
+    weights) lack it, and torch's BatchNorm loads them as it does, counting from 0."""
+    return [k for k in own if (k in state and state[k].shape != own[k].shape) or
+            (k not in state and k.rsplit('.', 1)[-1] != 'num_batches_tracked')]
 
 
 def load_face_checkpoint(network, name, path, log=print):
@@ -411,20 +414,21 @@ def load_face_checkpoint(network, name, path, log=print):
     with its own classifier). Its classifier is replaced by the FER one; every other weight must be present, and
     the file's keys that the network does not have are named in the log (SCN, RUL and EAC load with strict=False,
     which ignores them silently)."""
-    state = read_weights(path, 'checkpoint')
+    state = run_folder.load_file(path, '--pretrained: ')
     if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
         state = state['state_dict']
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f'--pretrained: {path} holds neither a state dict nor a dict with one under "state_dict"')
     state = {k.removeprefix('module.'): v for k, v in state.items()}  # saved from DataParallel
     own = {k: v for k, v in network.state_dict().items() if not k.startswith(IMAGENET_HEADS)}
-    wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    wrong = mismatched(own, state)
     if wrong:
         raise UserError(f'--pretrained: {path} does not hold the weights of {name} ({len(wrong)} missing or of '
                         f'another shape, e.g. {wrong[0]}: a checkpoint of another network?)')
     unused = sorted(k for k in state if k not in own and not k.startswith(IMAGENET_HEADS))
-    network.load_state_dict({k: state[k] for k in own}, strict=False)
-    log(f'loaded {len(own)} tensors of {os.path.basename(path)} into {name}; its classifier is replaced' +
+    loaded = {k: state[k] for k in own if k in state}
+    network.load_state_dict(loaded, strict=False)
+    log(f'loaded {len(loaded)} tensors of {os.path.basename(path)} into {name}; its classifier is replaced' +
         (f'; not loaded: {", ".join(unused)}' if unused else ''))
 
 
@@ -454,11 +458,13 @@ def load_pretrained(network, name, source, log=print):
                 raise UserError(f'--pretrained {source}: {path} does not exist; the folder must hold torchvision\'s '
                                 f'ImageNet weight files {", ".join(pretrained_file_names(name))} (from '
                                 f'{", ".join(w.url for _, w in pretrained_weights(name))})')
-            state = read_weights(path, 'weights file')
+            state = run_folder.load_file(path, '--pretrained: ')
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise UserError(f'--pretrained {source}: {path} holds no state dict (torchvision\'s weight files do)')
         backbone = getattr(network, attribute) if attribute else network
         state = {k: v for k, v in state.items() if not k.startswith(IMAGENET_HEADS)}
         own = {k: v for k, v in backbone.state_dict().items() if not k.startswith(IMAGENET_HEADS)}
-        wrong = [k for k in own if k not in state or state[k].shape != own[k].shape]
+        wrong = mismatched(own, state)
         if wrong:
             raise UserError(f'--pretrained: {file_name} does not hold the weights of {name}\'s '
                             f'{attribute or "network"} ({len(wrong)} missing or of another shape, e.g. {wrong[0]})')

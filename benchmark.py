@@ -58,11 +58,12 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 import data_loader  # noqa: E402
+import noise  # noqa: E402
 import run_folder  # noqa: E402
+import training_step  # noqa: E402
 import utils  # noqa: E402
 from architect import Architect  # noqa: E402
 from baselines import create_model  # noqa: E402
-from train import train_step, training_batch  # noqa: E402
 from train_search import SUPERNETS, search_step  # noqa: E402
 
 
@@ -110,7 +111,7 @@ def compiled(fn, optimizers, updates, device, args, use_scaler, results, key, lo
         return fn
     for update in updates:
         update.functional = True
-    step = utils.CompiledStep(fn, optimizers, device, log)
+    step = training_step.CompiledStep(fn, optimizers, device, log)
     start = time.perf_counter()
     step()
     synchronize(device)
@@ -128,7 +129,7 @@ def time_search(args, x, y, device, amp_dtype, use_scaler, search_format, result
     results['supernet_params'] = utils.count_parameters(supernet, supernet.arch_parameters())
     optimizer = torch.optim.SGD(supernet.weight_parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    update = utils.WeightUpdate(supernet.weight_parameters(), optimizer, scaler, 5.0, amp_dtype)
+    update = training_step.WeightUpdate(supernet.weight_parameters(), optimizer, scaler, 5.0, amp_dtype)
     architect = Architect(supernet, optimizer, 6e-4, 1e-3)
     optimizers = [optimizer, architect.optimizer]
     for unrolled in ([False] if args.skip_unrolled else [False, True]):
@@ -165,7 +166,7 @@ def time_data(args, batch, device, results, rows):
 
 def main(args, log):
     device, _, _ = utils.init_distributed(args.device)
-    utils.COMPILE_BACKEND = args.compile_backend
+    training_step.COMPILE_BACKEND = args.compile_backend
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = device.type == 'cuda'
     amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
@@ -203,16 +204,19 @@ def main(args, log):
     if hasattr(net, 'drop_path_prob'):
         net.drop_path_prob.fill_(0.2)
     x = x.contiguous(memory_format=memory_format)
-    forward_net = utils.maybe_compile(net, x, log, training=False) if args.compile else net
+    forward_net = training_step.maybe_compile(net, x, log, training=False) if args.compile else net
     optimizer = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9, weight_decay=3e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    update = utils.WeightUpdate(list(net.parameters()), optimizer, scaler, 5.0, amp_dtype)
+    update = training_step.WeightUpdate(list(net.parameters()), optimizer, scaler, 5.0, amp_dtype)
     # A two-branch network (RLR-CNet) learns from two batches per step: the images counted are the first batch's.
-    inputs, targets = training_batch(x, y, second=(x, y) if recipes.MODELS[args.model].two_branch else None,
-                                     alpha_input=torch.tensor(0.5, device=device))
+    inputs, targets = (x,), (y,)
+    if recipes.MODELS[args.model].two_branch:
+        alpha = torch.tensor(0.5, device=device)
+        inputs, targets = (x, x, alpha), (y, y, alpha)
+    loss = noise.CrossEntropy(argparse.Namespace(label_smoothing=0.0, auxiliary_weight=0.4), y, None, None).loss
     net.train()
-    step = compiled(lambda: train_step(net, update, inputs, targets), [optimizer], [update], device, args,
-                    use_scaler, results, 'train_step', log)
+    step = compiled(lambda: training_step.weight_step(net, update, inputs, targets, loss), [optimizer], [update],
+                    device, args, use_scaler, results, 'train_step', log)
     record('train_step_img_s', time_calls(step, device, args.steps, args.repeats), batch)
     results['train_step_operator_calls'] = operator_calls(step)
     forward_net.eval()

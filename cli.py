@@ -5,6 +5,7 @@ answer at once. A mistake the user can fix is a UserError: the scripts print it 
 """
 import argparse
 import copy
+import os
 import re
 import shlex
 import sys
@@ -25,7 +26,8 @@ DATASET_FLAGS = {'noise': ('rafdb', 'synthetic'), 'noise_file': ('rafdb', 'synth
                  'fold_seed': ('ckplus', 'folder'), 'class_names': ('folder',), 'subject_regex': ('folder',)}
 
 # Flags about where and how a run goes, not what it computes: --resume takes new values for these.
-RUN_FLAGS = ('resume', 'data', 'device', 'gpu', 'threads', 'workers', 'report_freq')
+# A noise file may be given anew as --data may (a moved dataset); a resumed run checks that its content is the same.
+RUN_FLAGS = ('resume', 'data', 'noise_file', 'device', 'gpu', 'threads', 'workers', 'report_freq')
 
 
 def positive_int(text):
@@ -60,6 +62,14 @@ def fraction(text):
     value = float(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f'must lie strictly between 0 and 1, got {text}')
+    return value
+
+
+def probability_threshold(text):
+    """A probability a score must reach: in (0, 1] (0 would accept everything; 1 only certainty)."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f'must lie in (0, 1], got {text}')
     return value
 
 
@@ -184,11 +194,16 @@ def check_data_args(parser, args):
         if args.dataset not in datasets and getattr(args, name) != parser.get_default(name):
             parser.error(f'argument --{name}: applies to --dataset {" or ".join(datasets)} only, not '
                          f'{args.dataset}')
+    if args.noise and args.noise_file is not None:
+        parser.error(f'argument --noise_file: give it or --noise {args.noise}, not both (--noise {args.noise} reads '
+                     f'EmoLabel/new_{args.noise}_noise.txt of the dataset)')
     if args.data is None:
         if args.dataset not in DEFAULT_ROOTS:
             parser.error(f'--dataset {args.dataset} needs --data: the folder holding train/<class>/ and '
                          f'test/<class>/ (or <class>/ with --folds)')
         args.data = DEFAULT_ROOTS[args.dataset]
+    if args.noise_file is not None:
+        args.noise_file = path_in_dataset(args.noise_file, args.data)
     if args.dataset == 'ckplus' and args.folds is None:
         args.folds = CKPLUS_FOLDS
     if args.fold is not None and args.folds is None:
@@ -200,6 +215,15 @@ def check_data_args(parser, args):
         if args.fold >= args.folds:
             parser.error(f'argument --fold: {args.fold} is not one of the folds 0..{args.folds - 1} of --folds '
                          f'{args.folds}')
+
+
+def path_in_dataset(path, root):
+    """A file inside the dataset root as a path relative to it (the run records it so, and finds it again under a
+    moved dataset's new --data); any other path as given."""
+    absolute, root = os.path.abspath(path), os.path.abspath(root)
+    if os.path.isfile(path) and os.path.commonpath([absolute, root]) == root:
+        return os.path.relpath(absolute, root)
+    return path
 
 
 def apply_recipe(parser, args, settings, argv=None):

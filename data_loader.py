@@ -1,7 +1,7 @@
 """Data pipeline (paper Sec. 4.1): images decoded once and cached, datasets and their splits (official ones, or
 subject-independent folds), and the loader that batches, resizes and normalises them on the training device.
 The label formats are in formats.py, the training augmentation in augment.py, the dataset commands in
-dataset_tools.py (run as python data_loader.py make-synthetic | make-noise | make-dynamic-images | align-faces)."""
+dataset_tools.py (run as python dataset_tools.py make-synthetic | make-noise | make-dynamic-images | align-faces)."""
 import contextlib
 import hashlib
 import math
@@ -43,6 +43,7 @@ class ImageSet:
     class_names: list
     root: str
     clean_labels: Optional[torch.Tensor] = None  # a noisy set's clean labels, where known (RAF-DB with a noise file)
+    label_file_sha256: Optional[str] = None  # the noisy-label file's digest: a resumed run checks it is unchanged
 
 
 @dataclass
@@ -259,6 +260,7 @@ def load_dataset(name, root, noise=0, noise_file=None, affectnet_classes=8, ferp
                           for names, labels in sets))
         if noise_path is not None:  # the clean list is at hand: what the noise-robust methods are measured against
             splits.train.clean_labels = torch.tensor(clean, dtype=torch.int64)
+            splits.train.label_file_sha256 = hashlib.sha256(noise_path.read_bytes()).hexdigest()
         return splits
 
     if name == 'affectnet':
@@ -443,7 +445,7 @@ def prepare_batch(images, image_size=IMAGE_SIZE, augment=False, generator=None, 
     """
     augment = RELEASED_AUGMENTATION if augment is True else augment
     scale, shift = normalise if normalise is not None else normaliser(images.device)
-    x = source_augment(images, generator) if augment and augment.flip_noise else images
+    x = source_augment(images, generator) if augment and augment.flip_or_pixel_noise else images
     x = torch.addcmul(shift, resize(x, image_size), scale)
     return augment.erase(x, generator, (scale, shift)) if augment else x
 
@@ -563,5 +565,8 @@ def measure_throughput(loader, epochs=1):
 
 
 if __name__ == '__main__':
-    import dataset_tools  # the dataset commands keep their documented name: python data_loader.py make-synthetic ...
-    dataset_tools.main()
+    # The dataset commands have one entry point, which imports this module once (run from here, it would be twice).
+    import shlex
+    import sys
+    sys.exit(f'error: data_loader.py is a module, not a command; the dataset commands are run as python '
+             f'dataset_tools.py {shlex.join(sys.argv[1:]) or "COMMAND"}')

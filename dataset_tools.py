@@ -1,4 +1,4 @@
-"""The dataset commands (python data_loader.py make-synthetic | make-noise | make-dynamic-images | align-faces),
+"""The dataset commands (python dataset_tools.py make-synthetic | make-noise | make-dynamic-images | align-faces),
 dynamic images, and datasets of whole photographs cropped to aligned faces."""
 import argparse
 import contextlib
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import cli
 import formats
 import run_folder
 from data_loader import decode_image
@@ -115,6 +116,7 @@ def make_dynamic_images(clips, labels, out, log=print):
 
 ALIGN_REPORT_SECONDS = 30  # a long alignment says how far it is at least this often
 NO_FACE_REPORT = 'no_face.txt'
+UNREADABLE_REPORT = 'unreadable.txt'
 
 
 def face_dataset_plan(data, layout, ckplus_classes=7, ckplus_neutral=False):
@@ -151,9 +153,12 @@ def align_faces(data, out, layout='auto', min_face=None, threshold=None, ckplus_
     """Write the aligned 100x100 face of every image of a dataset of whole photographs (faces.align: the largest face
     each photo shows, by a similarity transform of its 5 landmarks onto the template) as a class-folder dataset in
     `out`, for --dataset folder (and --folds: file names keep the subject before the first '_'). Images without a
-    face are listed in out/no_face.txt. Returns (faces written, images without a face)."""
+    face are listed in out/no_face.txt, images that cannot be decoded in out/unreadable.txt (each also logged); both
+    are left out. min_face, threshold: the detector's (None: faces.MIN_FACE, faces.FACE_THRESHOLD). Returns (faces
+    written, images without a face, unreadable images)."""
     import faces  # only here: the detector is an optional extra
-    detector = faces.Detector(min_face or faces.MIN_FACE, threshold or faces.FACE_THRESHOLD)
+    detector = faces.Detector(faces.MIN_FACE if min_face is None else min_face,
+                              faces.FACE_THRESHOLD if threshold is None else threshold)
     plan, what = face_dataset_plan(data, layout, ckplus_classes, ckplus_neutral)
     names = {}
     for source, name in plan:
@@ -161,11 +166,16 @@ def align_faces(data, out, layout='auto', min_face=None, threshold=None, ckplus_
             raise UserError(f"{names[name]} and {source} would both be written as {Path(out) / name}; rename one.")
     with contextlib.suppress(OSError):  # as mkdir -p; a parent that cannot be made is named by atomic_folder
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-    missed, several = [], 0
+    missed, unreadable, several = [], [], 0
     start = last = time.perf_counter()
     with run_folder.atomic_folder(out) as tmp:
         for done, (source, name) in enumerate(plan, 1):
-            image = decode_image(source)
+            try:
+                image = decode_image(source)
+            except UserError as e:  # listed and skipped, as predict.py --faces does
+                log(f"skipped: {e}")
+                unreadable.append(str(source))
+                continue
             found = detector(image)
             if not found:
                 missed.append(str(source))
@@ -185,19 +195,25 @@ def align_faces(data, out, layout='auto', min_face=None, threshold=None, ckplus_
                 f"# {len(missed)} images of {data} in which no face was found (none of at least "
                 f"{detector.min_face} pixels with probability {detector.threshold:g} or more); they are not in this "
                 f"dataset\n" + ''.join(f'{path}\n' for path in missed), encoding='utf-8')
-    written = len(plan) - len(missed)
+        if unreadable:
+            (Path(tmp) / UNREADABLE_REPORT).write_text(
+                f"# {len(unreadable)} images of {data} that cannot be decoded (corrupt, truncated or not images); they "
+                f"are not in this dataset\n" + ''.join(f'{path}\n' for path in unreadable), encoding='utf-8')
+    written = len(plan) - len(missed) - len(unreadable)
     log(f"wrote {written} aligned 100x100 faces of {len(plan)} images ({what}) to {out}"
         + (f"; {several} images showed several faces (the largest was kept)" if several else '')
         + (f"; {len(missed)} images without a face are listed in {Path(out) / NO_FACE_REPORT}" if missed else
-           "; a face was found in every image")
+           "; a face was found in every readable image")
+        + (f"; {len(unreadable)} unreadable images were skipped (listed above and in "
+           f"{Path(out) / UNREADABLE_REPORT})" if unreadable else '')
         + f". Train on them: python train.py --dataset folder --data {out} (add --folds N for subject folds)")
-    return written, len(missed)
+    return written, len(missed), len(unreadable)
 
 
 # ---------------------------------------------------------------- command line
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description='Dataset utilities for GLA-FERNet.')
+def command_parser():
+    parser = argparse.ArgumentParser('dataset_tools.py', description='Dataset utilities for GLA-FERNet.')
     commands = parser.add_subparsers(dest='command', required=True)
     synth = commands.add_parser('make-synthetic', help='generate a small procedural face dataset')
     synth.add_argument('--out', required=True, help='folder to write the dataset into')
@@ -230,10 +246,15 @@ def main(argv=None):
     align.add_argument('--ckplus_classes', type=int, choices=[6, 7], default=7, help='CK+: 6 drops Contempt')
     align.add_argument('--ckplus_neutral', action='store_true',
                        help="CK+: also each labelled sequence's first frame, as Neutral")
-    align.add_argument('--min_face', type=int, default=None, help='smallest face to find, in pixels (default 20)')
-    align.add_argument('--face_threshold', type=float, default=None,
-                       help="the detector's face probability a face needs (default 0.9)")
-    args = parser.parse_args(argv)
+    # faces.py's MIN_FACE and FACE_THRESHOLD, written out (as predict.py does): the detector loads only when it runs
+    align.add_argument('--min_face', type=cli.positive_int, default=20, help='smallest face to find, in pixels')
+    align.add_argument('--face_threshold', type=cli.probability_threshold, default=0.9,
+                       help="the detector's face probability a face needs, strictly between 0 and 1")
+    return parser
+
+
+def main(argv=None):
+    args = command_parser().parse_args(argv)
     try:
         if args.command == 'make-synthetic':
             import synthetic  # only here: the generator is not needed to read data

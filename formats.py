@@ -123,7 +123,7 @@ def noise_file_path(root, noise, noise_file):
     path = Path(root) / f'EmoLabel/new_{noise}_noise.txt'
     if not path.is_file():
         raise UserError(f"noise file {path} not found; create it with "
-                        f"'python data_loader.py make-noise --data {root} --rate {noise / 100}' or pass noise_file.")
+                        f"'python dataset_tools.py make-noise --data {root} --rate {noise / 100}' or pass noise_file.")
     return path
 
 

@@ -110,8 +110,9 @@ class Network(nn.Module):
         """Global average pooling and the linear classifier."""
         return self.classifier(self.global_pooling(features).flatten(1))
 
-    def class_activation_maps(self, features, detach_weights=False):
-        """The classifier applied at every position (CAM): maps whose spatial mean is the logits less the bias."""
+    def class_activation_maps(self, features, detach_weights=False, mirrored=False):
+        """The classifier applied at every position (CAM): maps whose spatial mean is the logits less the bias. (A 1x1
+        map: mirrored, for EAC's mirror image, is the same.)"""
         return linear_class_maps(self.classifier, features, detach_weights)
 
     def cells_forward(self, x):

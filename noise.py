@@ -1,12 +1,11 @@
-"""Training under label noise (issue 17; docs/noise.md): SCN, RUL, EAC and NLA on any network of train.py that has what
-the method needs, each loss as its official code computes it (defects fixed, see docs/noise.md), and the per-epoch
-AUROC of how well a method's per-sample score separates flipped training labels from clean ones.
+"""The training losses (docs/noise.md): cross-entropy as the recipes use it, and the label-noise methods SCN, RUL, EAC
+and NLA on any network of train.py that has what the method needs, each loss as its official code computes it (defects
+fixed, see docs/noise.md); and the per-epoch AUROC of how well a method's per-sample score separates flipped training
+labels from clean ones.
 
-The losses are pure functions of tensors (scn, scn_relabel, rul, eac, nla), so tests compare them with literal
-re-expressions of the official code. The networks: SCN and RUL add heads to the network (SCNNetwork, RULNetwork,
-what checkpoints hold and predict.py rebuilds with inference_network); TrainingForward gives DistributedDataParallel
-one forward call per step with what a method's loss needs; Method holds a run's state besides the network (SCN's
-relabelled labels, the random draws, the per-sample scores).
+The losses are pure functions of tensors; the networks SCNNetwork and RULNetwork add a method's heads (what
+checkpoints hold and trained.py rebuilds with network_with_heads); each --noise_method is one class (METHODS), whose
+forward and loss are what training calls and what the tests compare with re-expressions of the official code.
 """
 import dataclasses
 import math
@@ -17,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import utils
+from baselines import cumulative_alpha
+from errors import UserError
 
 NOISE_STREAM = 3000  # the methods' random draws (RUL's pairs, EAC's erasing), apart from the loaders' streams
 RUL_EPS = 2e-5  # RUL's BatchNorm eps (rul.py)
@@ -40,14 +41,6 @@ def scn_loss(scaled_logits, attention, labels, beta=0.7, margin_1=0.15):
     return F.cross_entropy(scaled_logits, labels) + rank_regularisation(attention, beta, margin_1)
 
 
-def scn(features, attention_weight, attention_bias, fc_weight, fc_bias, labels, beta=0.7, margin_1=0.15):
-    """SCN on pooled features (N x C): attention a = sigmoid(Linear(C, 1)), logits a * fc(features); CE plus rank
-    regularisation. Returns (loss, scaled logits, attention N x 1)."""
-    attention = torch.sigmoid(F.linear(features, attention_weight, attention_bias))
-    scaled = attention * F.linear(features, fc_weight, fc_bias)
-    return scn_loss(scaled, attention, labels, beta, margin_1), scaled, attention
-
-
 def scn_relabel(scaled_logits, labels, margin_2=0.2):
     """SCN's relabelling: the predicted class where P_max - P_label > margin_2 (P of the attention-scaled logits)."""
     probs = torch.softmax(scaled_logits.detach().float(), dim=1)
@@ -69,27 +62,11 @@ def add_up_loss(logits, labels, permutation):
     return 0.5 * F.cross_entropy(logits, labels) + 0.5 * F.cross_entropy(logits, labels[permutation])
 
 
-def rul(mu, logvar, fc_weight, fc_bias, labels, permutation):
-    """RUL on the outputs of its mean and variance heads (N x D): the add-up loss of the classified mixture."""
-    mixed, _ = uncertainty_mix(mu, logvar, permutation)
-    return add_up_loss(F.linear(mixed, fc_weight, fc_bias), labels, permutation)
-
-
 def attention_consistency(cams, flipped_cams):
     """EAC's consistency: the MSE between the view's class activation maps and the flipped view's, flipped back.
     EAC resamples with a grid built for its --w/--h (7x7 whatever the map); flipping the columns is exact at any
     size."""
     return F.mse_loss(cams, flipped_cams.flip(-1))
-
-
-def eac(features, flipped_features, fc_weight, fc_bias, labels, lam=5.0):
-    """EAC on the last feature maps (N x C x H x W) of a view and of its flipped view: CE of the pooled-linear logits
-    plus lam * MSE of the CAMs (classifier weights detached, no bias)."""
-    logits = F.linear(features.mean((2, 3)), fc_weight, fc_bias)
-    weight = fc_weight.detach()
-    cams = torch.einsum('kc,nchw->nkhw', weight, features)
-    flipped = torch.einsum('kc,nchw->nkhw', weight, flipped_features)
-    return F.cross_entropy(logits, labels) + lam * attention_consistency(cams, flipped)
 
 
 def nla_eps(epoch, epochs, slope=-15.0):
@@ -99,10 +76,10 @@ def nla_eps(epoch, epochs, slope=-15.0):
 
 def gaussian_2d(points, mean, major, minor):
     """The density of N(mean, [[major, minor], [minor, major]]) at points (N x 2), in closed form."""
-    det = major * major - minor * minor
+    det = torch.as_tensor(major * major - minor * minor, dtype=points.dtype, device=points.device)
     dx, dy = points[:, 0] - mean[0], points[:, 1] - mean[1]
     quadratic = (major * dx * dx - 2 * minor * dx * dy + major * dy * dy) / det
-    return torch.exp(-0.5 * quadratic) / (2 * math.pi * math.sqrt(det))
+    return torch.exp(-0.5 * quadratic) / (2 * math.pi * det.sqrt())
 
 
 def nla_weights(logits, labels, eps, mu_t=(0.5, 0.5), mu_f=(0.30, 0.15), t_std=0.8, t_ratio=2.0, f_std=0.91,
@@ -136,11 +113,11 @@ def nla_consistency(logits, flipped_logits, literal=False):
     return (0.5 * (kl_p + kl_q)).mean()
 
 
-def nla(logits, flipped_logits, labels, epoch, epochs, lam_a=0.5, lam_b=0.5, lam_c=0.5, slope=-15.0, literal=False,
-        **weight_options):
-    """NLA: lam_a mean CE + lam_b mean(CE w) + lam_c consistency of the flipped view. Returns (loss, weights)."""
+def nla_loss(logits, flipped_logits, labels, eps, lam_a=0.5, lam_b=0.5, lam_c=0.5, literal=False, **weight_options):
+    """NLA: lam_a mean CE + lam_b mean(CE w) + lam_c consistency of the flipped view, eps the epoch's correlation
+    factor (nla_eps). Returns (loss, weights)."""
     ce = F.cross_entropy(logits, labels, reduction='none')
-    weights = nla_weights(logits, labels, nla_eps(epoch, epochs, slope), **weight_options)
+    weights = nla_weights(logits, labels, eps, **weight_options)
     loss = lam_a * ce.mean() + lam_b * (ce * weights).mean() + lam_c * nla_consistency(logits, flipped_logits, literal)
     return loss, weights
 
@@ -239,166 +216,112 @@ def feature_shape(network, image_size):
     return tuple(features.shape[1:]), classes
 
 
-def inference_network(network, args):
-    """The network a run of --noise_method trains and predict.py rebuilds: SCN and RUL add their heads (saved with
-    the network's weights, under network.*); the other methods train the network as it is."""
-    method = getattr(args, 'noise_method', 'none')
-    if method not in ('scn', 'rul'):
-        return network
-    shape, classes = feature_shape(network, args.image_size)
-    if method == 'scn':
-        return SCNNetwork(network, shape[0])
-    return RULNetwork(network, shape, classes, args.rul_dim, args.rul_dropout)
-
-
-def base_network(model):
-    """The network inside a method's heads (for its own settings, such as drop-path)."""
-    return model.network if isinstance(model, (SCNNetwork, RULNetwork)) else model
-
-
-def parameter_groups(model, args):
-    """The optimiser's parameter groups: RUL's classifier learns at rul_fc_lr_factor times the rate (its main.py)."""
-    if args.noise_method != 'rul':
-        return model.parameters()
-    fc = list(model.fc.parameters())
-    rest = [p for p in model.parameters() if all(p is not q for q in fc)]
-    return [{'params': rest}, {'params': fc, 'lr': args.learning_rate * args.rul_fc_lr_factor}]
-
-
-class TrainingForward(nn.Module):
-    """One forward call per training step computing every output the method's loss needs with a parameter
-    (DistributedDataParallel syncs the gradients of what its forward computed, and no more): SCN (scaled logits,
-    attention); RUL (logits of the mixture, u; `second` the pairing permutation); EAC (logits, CAMs, flipped view's
-    CAMs) and NLA (logits, flipped view's logits), `second` the flipped view. In eval mode: the model's logits."""
-
-    def __init__(self, model, method):
-        super().__init__()
-        self.model, self.method = model, method
-
-    def forward(self, x, second=None):
-        if not self.training:
-            return self.model(x)
-        if self.method == 'scn':
-            return self.model.outputs(x)
-        if self.method == 'rul':
-            return self.model.outputs(x, second)
-        flipped = second
-        net = self.model
-        features, flipped_features = net.forward_features(x), net.forward_features(flipped)
-        if self.method == 'eac':
-            return (net.forward_head(features), net.class_activation_maps(features, detach_weights=True),
-                    net.class_activation_maps(flipped_features, detach_weights=True))
-        return net.forward_head(features), net.forward_head(flipped_features)
-
-
 # ==========================================================================================================
-# A run's method state: labels, random draws, per-sample scores
+# The methods: one class each, behind one interface (CrossEntropy's), in a registry (METHODS)
 
-def epoch_generator(seed, epoch, device):
-    entropy = np.random.SeedSequence([seed, epoch, NOISE_STREAM]).generate_state(1, np.uint64)[0] >> 1
-    return torch.Generator(device=device).manual_seed(int(entropy))
+class CrossEntropy:
+    """--noise_method none: cross-entropy, with what a model's recipe adds to it (label smoothing, Mixup/CutMix,
+    RLR-CNet's two-branch batches, the auxiliary head's loss). The base of the label-noise methods, whose interface
+    it defines:
+    - heads(network, args): the network a run trains and trained.py rebuilds (SCN and RUL add heads);
+    - parameter_groups(model), loader_augmentation(augmentation), unused_parameters(model, image_size);
+    - batch(x, y): the training forward's inputs and the loss's targets, drawn before the step (random views and
+      pairings come from the epoch's generator, outside a compiled step);
+    - forward(model, *inputs): every output the loss needs, in one call (DistributedDataParallel syncs the gradients
+      of what one forward computed);
+    - loss(outputs, *targets) -> (loss, logits, per-sample score or None): tensors in, tensors out, so that
+      --compile compiles it with the rest of the step;
+    - after_step(logits, y, score, index): the step's record (and SCN's relabelling);
+    - state_dict(), load_state_dict(): what --resume restores (saves_state).
 
+    The record: each step's per-sample score, higher where the label looks flipped (the loss for none and EAC,
+    -attention for SCN, -u for RUL, -weight for NLA); once per epoch end_epoch reads back its AUROC against the labels
+    that differ from the clean ones (where known), and SCN's relabelling counts. `labels` is the training loader's
+    label tensor (SCN relabels it in place); `clean` the clean training labels, else None."""
+    name = 'none'
+    saves_state = False  # whether the checkpoint holds state_dict()
 
-def loader_augmentation(args, augmentation):
-    """The training loader's augmentation: EAC erases each of its two views itself (independently, as its dataset
-    transforms the image and its flip separately), so its loader erases nothing; the others take `augmentation`."""
-    return dataclasses.replace(augmentation, erasing='none') if args.noise_method == 'eac' else augmentation
-
-
-class Method:
-    """A --noise_method's training state besides the network. `labels` is the training loader's label tensor
-    (SCN relabels it in place, and its state_dict saves it, so that --resume goes on with the same labels); `clean`
-    the clean training labels where known (for the AUROC and the count of restored labels), else None.
-
-    Each step records a per-sample score, higher where the label looks flipped: the loss (none, EAC), 1 - SCN's
-    attention, -RUL's mixing weight u, -NLA's weight. Once per epoch, end_epoch reads back the AUROC of these scores
-    against the labels that differ from the clean ones, and SCN's relabelling counts."""
-
-    def __init__(self, args, model, labels, clean, augmentation):
-        self.args, self.name, self.model, self.labels = args, args.noise_method, model, labels
+    def __init__(self, args, labels, clean, augmentation, mixer=None, second_loader=None):
+        self.args, self.labels, self.augmentation = args, labels, augmentation
         self.clean = clean.to(labels.device) if clean is not None else None
-        self.augmentation = augmentation
-        self.epoch, self.generator, self.permutation = 0, None, None
-        self.normalise = None
-        n = len(labels)
-        self.scores = torch.zeros(n, device=labels.device)
-        self.seen = torch.zeros(n, dtype=torch.bool, device=labels.device)
-        self.flipped = torch.zeros(n, dtype=torch.bool, device=labels.device)
-        self.relabelled = torch.zeros(n, dtype=torch.bool, device=labels.device)
+        self.mixer, self.second_loader, self.second_batches, self.alpha = mixer, second_loader, None, None
+        self.epoch, self.generator = 0, None
+        n, device = len(labels), labels.device
+        self.scores = torch.zeros(n, device=device)
+        self.seen, self.flipped, self.relabelled = (torch.zeros(n, dtype=torch.bool, device=device) for _ in range(3))
 
-    def state_dict(self):
-        return {'labels': self.labels.cpu()}
+    # ---------------------------------------------------------------- the network and the optimizer
 
-    def load_state_dict(self, state):
-        self.labels.copy_(state['labels'])
+    @staticmethod
+    def heads(network, args):
+        return network
+
+    def parameter_groups(self, model):
+        return model.parameters()
+
+    @staticmethod
+    def loader_augmentation(augmentation):
+        return augmentation
+
+    @staticmethod
+    def unused_parameters(model, image_size):
+        """Parameters that training never uses (not counted in the run's parameters)."""
+        return []
+
+    # ---------------------------------------------------------------- an epoch and its steps
 
     def set_epoch(self, epoch):
         self.epoch = epoch
         self.generator = epoch_generator(self.args.seed, epoch, self.labels.device)
         for t in (self.seen, self.flipped, self.relabelled):
             t.zero_()
+        if self.mixer is not None:
+            self.mixer.set_epoch(epoch)
+        if self.second_loader is not None:
+            self.second_loader.set_epoch(epoch)
+            self.second_batches = iter(self.second_loader)
+            # a tensor: an input of a compiled step, not a constant it would specialise on anew every epoch
+            self.alpha = torch.tensor(cumulative_alpha(epoch, self.args.epochs), device=self.labels.device)
 
-    def record(self, index, y, score):
-        self.scores[index] = score.detach().float()
+    def batch(self, x, y):
+        """The batch; RLR-CNet's two batches with alpha (the network's input and the loss's); or its Mixup/CutMix
+        with their soft targets."""
+        if self.second_batches is not None:
+            x2, y2 = next(self.second_batches)
+            return (x, x2, self.alpha), (y, y2, self.alpha)
+        if self.mixer is not None:
+            x, targets = self.mixer(x, y)
+            return (x,), (targets,)
+        return (x,), (y,)
+
+    def forward(self, model, *inputs):
+        return model(*inputs)
+
+    def loss(self, outputs, *targets):
+        """Cross-entropy with the labels (label smoothing included; soft targets hold their own) or RLR-CNet's
+        cumulative loss alpha CE(z, y) + (1 - alpha) CE(z, y2); plus the auxiliary head's, weighted."""
+        logits, logits_aux = outputs if isinstance(outputs, tuple) else (outputs, None)
+        loss = self.cross_entropy(logits.float(), targets)
+        if logits_aux is not None:
+            loss = loss + self.args.auxiliary_weight * self.cross_entropy(logits_aux.float(), targets)
+        return loss, logits, None
+
+    def cross_entropy(self, logits, targets):
+        smoothing = self.args.label_smoothing
+        if len(targets) == 3:
+            y, y2, alpha = targets
+            return (alpha * F.cross_entropy(logits, y, label_smoothing=smoothing) +
+                    (1 - alpha) * F.cross_entropy(logits, y2, label_smoothing=smoothing))
+        target, = targets
+        return F.cross_entropy(logits, target, label_smoothing=smoothing if target.dim() == 1 else 0.0)
+
+    def after_step(self, logits, y, score, index):
+        if score is None:  # cross-entropy's: each sample's loss against its label
+            score = F.cross_entropy(logits.float(), y, reduction='none')
+        self.scores[index] = score.float()
         self.seen[index] = True
         if self.clean is not None:
             self.flipped[index] = y != self.clean[index]
-
-    def training_views(self, x):
-        """EAC: the view and its flip, each erased on its own; NLA: the view and its mirror image."""
-        flipped = x.flip(-1)
-        if self.name != 'eac':
-            return x, flipped
-        if self.normalise is None:
-            from data_loader import normaliser  # data_loader imports much; only EAC needs this
-            self.normalise = normaliser(x.device)
-        erase = lambda v: self.augmentation.erase(v, self.generator, self.normalise)
-        return erase(x), erase(flipped)
-
-    def loss(self, outputs, y, index):
-        """(loss, logits for the training metrics, per-sample score) of a step's outputs."""
-        a = self.args
-        if self.name == 'scn':
-            scaled, attention = outputs
-            if self.epoch >= a.scn_relabel_epoch:  # SCN relabels with the outputs of the step's forward pass
-                new = scn_relabel(scaled, y, a.scn_margin_2)
-                self.relabelled[index] |= new != y
-                self.labels[index] = new
-            return scn_loss(scaled, attention, y, a.scn_beta, a.scn_margin_1), scaled, -attention.squeeze(1)
-        if self.name == 'rul':
-            logits, u = outputs
-            return add_up_loss(logits, y, self.permutation), logits, -u
-        if self.name == 'eac':
-            logits, cams, flipped_cams = outputs
-            ce = F.cross_entropy(logits, y, reduction='none')
-            return ce.mean() + a.eac_lambda * attention_consistency(cams, flipped_cams), logits, ce
-        logits, flipped_logits = outputs
-        loss, weights = nla(logits, flipped_logits, y, self.epoch, a.epochs, a.nla_lam_a, a.nla_lam_b, a.nla_lam_c,
-                            a.nla_slope, a.noise_literal, mu_t=tuple(a.nla_mu_t), mu_f=tuple(a.nla_mu_f),
-                            t_std=a.nla_t_std, t_ratio=a.nla_t_ratio, f_std=a.nla_f_std, f_ratio=a.nla_f_ratio,
-                            t_lambda=a.nla_t_lambda)
-        return loss, logits, -weights
-
-    def inputs(self, x):
-        """The training forward's inputs: the batch; with RUL's pairing (a permutation drawn for the step); with the
-        flipped view (EAC, NLA)."""
-        if self.name == 'scn':
-            return (x,)
-        if self.name == 'rul':
-            self.permutation = torch.randperm(len(x), generator=self.generator, device=x.device)
-            return x, self.permutation
-        return self.training_views(x)
-
-    def step(self, forward_model, update, x, y, index):
-        """One weight step of the method; returns detached logits and loss, as train.train_step."""
-        update.zero_grad()
-        inputs = self.inputs(x)
-        with utils.autocast(x.device, update.amp_dtype):
-            outputs = forward_model(*inputs)
-            loss, logits, score = self.loss(tuple(o.float() for o in outputs), y, index)
-        update.apply(loss)
-        self.record(index, y, score)
-        return logits.detach(), loss.detach()
 
     def end_epoch(self):
         """This epoch's record, read back once: the AUROC of the scores against the flipped labels (where the clean
@@ -412,11 +335,7 @@ class Method:
         if self.clean is not None:
             visited = seen > 0
             figures['auroc'] = auroc(self.scores[visited] / seen[visited], self.flipped[visited])
-        if self.name == 'scn':
-            figures['relabelled'] = self.relabelled.sum()
-            if self.clean is not None:
-                figures['restored'] = (self.relabelled & (self.labels == self.clean)).sum()
-                figures['noisy_labels'] = (self.labels != self.clean).sum()
+        figures.update(self.relabelling_figures())
         if not figures:
             return {}
         values = torch.stack([f.double() for f in figures.values()]).tolist()  # the epoch's one read-back
@@ -424,3 +343,189 @@ class Method:
         if 'auroc' in record and math.isnan(record['auroc']):
             record['auroc'] = None  # no flipped label among the samples seen (or none clean)
         return record
+
+    def relabelling_figures(self):
+        return {}
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+class SCN(CrossEntropy):
+    """Self-Cure Network: attention-scaled logits, rank regularisation, and from --scn_relabel_epoch on the
+    relabelling of each sample whose predicted class beats its label by more than --scn_margin_2 (with the outputs of
+    the step's own forward pass: the new label is used from the sample's next visit)."""
+    name = 'scn'
+    saves_state = True
+
+    @staticmethod
+    def heads(network, args):
+        return SCNNetwork(network, feature_shape(network, args.image_size)[0][0])
+
+    def forward(self, model, x):
+        return model.outputs(x)
+
+    def loss(self, outputs, y):
+        scaled, attention = (o.float() for o in outputs)
+        return (scn_loss(scaled, attention, y, self.args.scn_beta, self.args.scn_margin_1), scaled,
+                -attention.squeeze(1))
+
+    def after_step(self, logits, y, score, index):
+        super().after_step(logits, y, score, index)
+        if self.epoch >= self.args.scn_relabel_epoch:
+            new = scn_relabel(logits, y, self.args.scn_margin_2)
+            self.relabelled[index] |= new != y
+            self.labels[index] = new
+
+    def relabelling_figures(self):
+        figures = {'relabelled': self.relabelled.sum()}
+        if self.clean is not None:
+            figures['restored'] = (self.relabelled & (self.labels == self.clean)).sum()
+            figures['noisy_labels'] = (self.labels != self.clean).sum()
+        return figures
+
+    def state_dict(self):
+        return {'labels': self.labels.cpu()}
+
+    def load_state_dict(self, state):
+        self.labels.copy_(state['labels'])
+
+
+class RUL(CrossEntropy):
+    """Relative Uncertainty Learning: mean and variance heads on the last feature map, each sample mixed with a
+    partner (a permutation drawn for the step) by relative uncertainty, the add-up loss; its classifier learns at
+    --rul_fc_lr_factor times the rate."""
+    name = 'rul'
+
+    @staticmethod
+    def heads(network, args):
+        shape, classes = feature_shape(network, args.image_size)
+        return RULNetwork(network, shape, classes, args.rul_dim, args.rul_dropout)
+
+    def parameter_groups(self, model):
+        fc = list(model.fc.parameters())
+        rest = [p for p in model.parameters() if all(p is not q for q in fc)]
+        return [{'params': rest}, {'params': fc, 'lr': self.args.learning_rate * self.args.rul_fc_lr_factor}]
+
+    @staticmethod
+    def unused_parameters(model, image_size):
+        """The network's own head, which RUL replaces by its fc on the mean head: the network's parameters that its
+        features do not depend on."""
+        network, params = model.network, list(model.network.parameters())
+        training = network.training
+        network.eval()
+        x = torch.zeros(1, 3, image_size, image_size, device=params[0].device)
+        grads = torch.autograd.grad(network.forward_features(x).sum(), params, allow_unused=True)
+        network.train(training)
+        return [p for p, g in zip(params, grads) if g is None]
+
+    def batch(self, x, y):
+        permutation = torch.randperm(len(x), generator=self.generator, device=x.device)
+        return (x, permutation), (y, permutation)
+
+    def forward(self, model, x, permutation):
+        return model.outputs(x, permutation)
+
+    def loss(self, outputs, y, permutation):
+        logits, u = (o.float() for o in outputs)
+        return add_up_loss(logits, y, permutation), logits, -u
+
+
+class EAC(CrossEntropy):
+    """Erasing Attention Consistency: cross-entropy of an erased view, plus --eac_lambda times the MSE between its
+    class activation maps and those of its erased mirror image, flipped back. The mirror image's maps use the head's
+    mirrored kernel, so that the two agree exactly for a network that a flip commutes with, whatever its head's kernel
+    (a 1x1 map, a linear head after pooling, mirrors to itself; FGW-FER's 3x3 head does not)."""
+    name = 'eac'
+
+    @staticmethod
+    def loader_augmentation(augmentation):
+        # EAC erases each of its two views itself, independently (its dataset transforms the image and its flip
+        # separately), so its loader erases nothing.
+        return dataclasses.replace(augmentation, erasing='none')
+
+    def batch(self, x, y):
+        from data_loader import normaliser  # data_loader imports much; only EAC needs this
+        normalise = normaliser(x.device)
+        erase = lambda view: self.augmentation.erase(view, self.generator, normalise)
+        return (erase(x), erase(x.flip(-1))), (y,)
+
+    def forward(self, model, x, flipped):
+        features, flipped_features = model.forward_features(x), model.forward_features(flipped)
+        return (model.forward_head(features), model.class_activation_maps(features, detach_weights=True),
+                model.class_activation_maps(flipped_features, detach_weights=True, mirrored=True))
+
+    def loss(self, outputs, y):
+        logits, cams, flipped_cams = (o.float() for o in outputs)
+        ce = F.cross_entropy(logits, y, reduction='none')
+        return ce.mean() + self.args.eac_lambda * attention_consistency(cams, flipped_cams), logits, ce
+
+
+class NLA(CrossEntropy):
+    """Noise-aware adaptive weighting: cross-entropy, cross-entropy weighted by a 2-D Gaussian of (P_label,
+    P_nearest negative) whose correlation grows with the epoch, and the consistency of the mirror image's
+    probabilities."""
+    name = 'nla'
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        # a tensor, as alpha: no recompilation of a compiled step when it changes
+        self.eps = torch.tensor(nla_eps(epoch, self.args.epochs, self.args.nla_slope), device=self.labels.device)
+
+    def batch(self, x, y):
+        return (x, x.flip(-1)), (y, self.eps)
+
+    def forward(self, model, x, flipped):
+        return model.forward_head(model.forward_features(x)), model.forward_head(model.forward_features(flipped))
+
+    def loss(self, outputs, y, eps):
+        logits, flipped_logits = (o.float() for o in outputs)
+        a = self.args
+        loss, weights = nla_loss(logits, flipped_logits, y, eps, a.nla_lam_a, a.nla_lam_b, a.nla_lam_c,
+                                 a.noise_literal, mu_t=tuple(a.nla_mu_t), mu_f=tuple(a.nla_mu_f), t_std=a.nla_t_std,
+                                 t_ratio=a.nla_t_ratio, f_std=a.nla_f_std, f_ratio=a.nla_f_ratio,
+                                 t_lambda=a.nla_t_lambda)
+        return loss, logits, -weights
+
+
+METHODS = {method.name: method for method in (CrossEntropy, SCN, RUL, EAC, NLA)}
+
+
+def method_class(name):
+    """The class of --noise_method `name`; an unknown name is refused, never trained as another method."""
+    if name not in METHODS:
+        raise UserError(f'--noise_method {name!r} is not one of {", ".join(METHODS)}')
+    return METHODS[name]
+
+
+def network_with_heads(network, args):
+    """The network a run of --noise_method trains and trained.py rebuilds: SCN and RUL add their heads (saved with
+    the network's weights, under network.*); the other methods train the network as it is."""
+    return method_class(getattr(args, 'noise_method', 'none')).heads(network, args)
+
+
+def base_network(model):
+    """The network inside a method's heads (for its own settings, such as drop-path)."""
+    return model.network if isinstance(model, (SCNNetwork, RULNetwork)) else model
+
+
+class TrainingForward(nn.Module):
+    """The training forward of a run: in training mode the method's forward, one call computing every output its loss
+    needs (DistributedDataParallel wraps this module); in eval mode the model's logits."""
+
+    def __init__(self, model, method):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, *inputs):
+        if not self.training:
+            return self.model(*inputs)
+        return self.method.forward(self.model, *inputs)
+
+
+def epoch_generator(seed, epoch, device):
+    entropy = np.random.SeedSequence([seed, epoch, NOISE_STREAM]).generate_state(1, np.uint64)[0] >> 1
+    return torch.Generator(device=device).manual_seed(int(entropy))

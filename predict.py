@@ -29,9 +29,9 @@ parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto',
 parser.add_argument('--workers', type=cli.non_negative_int, default=2, help='processes decoding images')
 parser.add_argument('--export', default=None,
                     help='also write the network to this .pt2 (torch.export) or .onnx file (needs the optional '
-                         'packages onnx, onnxscript, onnxruntime), and check it against eager PyTorch. PATH.json '
-                         'describes its input and records the sha256 of the file it describes; it is written last, so '
-                         'an interrupted export leaves no description, never one of another network')
+                         'packages onnx, onnxscript, onnxruntime), and check it against eager PyTorch. The file holds '
+                         'its own description (input, class names, origin); PATH.json beside it is a copy, with the '
+                         "file's sha256")
 # The defaults are faces.py's MIN_FACE, FACE_THRESHOLD and DEFAULT_FPS, written out: flags are parsed before torch.
 face_flags = parser.add_argument_group('faces in photos and videos (docs/faces.md)')
 face_flags.add_argument('--faces', action='store_true',
@@ -40,7 +40,7 @@ face_flags.add_argument('--faces', action='store_true',
                              'RAF-DB\'s aligned images and classify it: one row per face; an image without a face gets '
                              'a row saying so. Videos (.mp4, .avi, ...) need PyAV: pip install av')
 face_flags.add_argument('--min_face', type=cli.positive_int, default=20, help='smallest face to find, in pixels')
-face_flags.add_argument('--face_threshold', type=cli.fraction, default=0.9,
+face_flags.add_argument('--face_threshold', type=cli.probability_threshold, default=0.9,
                         help="the detector's face probability a face needs")
 face_flags.add_argument('--frames', action='store_true',
                         help='each folder given is the frames of one video (natural name order, one size), not a set '
@@ -88,12 +88,9 @@ def check_args(parser, args):
     if needs_faces and not args.faces:
         parser.error(f'argument {needs_faces[0]}: works on detected faces; add --faces')
     for flag, folder in (('--annotate', args.annotate), ('--cam', args.cam)):
-        if folder and os.path.exists(folder) and not os.path.isdir(folder):
-            parser.error(f'argument {flag}: {folder} is a file, not a folder; give a folder (it is created if '
-                         f'missing)')
-        try:
+        try:  # now: a folder that cannot be written would stop the run after its work
             if folder:
-                run_folder.check_output_folder(folder)
+                run_folder.check_output_directory(folder)
         except UserError as e:
             parser.error(f'argument {flag}: {e}')
 
@@ -106,25 +103,17 @@ import contextlib  # noqa: E402
 import csv  # noqa: E402
 import glob  # noqa: E402
 import hashlib  # noqa: E402
-import io  # noqa: E402
+import json  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Optional  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
 
 import data_loader  # noqa: E402
 import faces  # noqa: E402
 import formats  # noqa: E402
-import genotypes  # noqa: E402
-import train  # noqa: E402
 import utils  # noqa: E402
-import visualize  # noqa: E402
-from baselines import create_model, model_options, uses_genotype  # noqa: E402
+from trained import load_network, network_on, predict_probabilities  # noqa: E402
 
 BATCHES_PER_CHUNK = 16  # images are decoded and classified this many batches at a time
 EXPORT_TOLERANCE = 1e-4  # largest difference allowed between the exported network's logits and eager PyTorch's
@@ -133,16 +122,14 @@ EXPORT_TOLERANCE = 1e-4  # largest difference allowed between the exported netwo
 LUMA_WEIGHTS = (19595, 38470, 7471)
 LUMA_SHIFT = 16
 GREY_INPUT = 'grey (luminance replicated to 3 channels)'
-ANNOTATED_JPEG_QUALITY = 90  # annotated photos and frames: JPEG, as photos are; a class map is a PNG figure
+DESCRIPTION = 'description.json'  # an export's description inside its file: a .pt2's extra file, an .onnx's metadata
 
 
 def main(args, log):
     if args.faces and faces.detector_missing():
         raise UserError(faces.detector_missing())  # before any work
     paths = find_images(args.inputs, faces.VIDEO_EXTENSIONS if args.faces else (), args.frames)
-    videos = [path for path in paths if faces.is_video(path)]
-    if videos and not args.faces:
-        raise UserError(f'{videos[0]} is a video; classify its faces with --faces')
+    check_inputs(paths, args)
     trained = load_network(args.run, args.weights)
     if trained.failure:
         log(f'warning: the run of {trained.weights_file} failed ({trained.failure}); classifying with this file as '
@@ -159,170 +146,44 @@ def main(args, log):
     if args.cam and not all(hasattr(trained.model, f) for f in ('forward_features', 'forward_head')):
         raise UserError(f'--cam needs a network split into forward_features and forward_head (timm\'s convention); '
                         f'{type(trained.model).__name__} of {trained.weights_file} is not; classify without --cam')
-    for folder in (args.annotate, args.cam):
-        if folder:
-            os.makedirs(folder, exist_ok=True)
+    for flag, folder in (('--annotate', args.annotate), ('--cam', args.cam)):
+        try:
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+        except OSError as e:  # checked when the flags were parsed; changed since
+            raise UserError(f'{flag}: cannot create {folder} ({e.strerror}); fix its permissions or give another '
+                            f'folder') from None
     if args.faces:
         detector = faces.Detector(args.min_face, args.face_threshold, device)
-        rows = list(classify_faces(trained, paths, detector, device, args, log))
+        rows = list(faces.classify_faces(trained, paths, detector, device, args, log))
         write_rows(rows, args.out, trained, by_face=True)
         return
     start = time.perf_counter()
-    rows = list(classify(trained, paths, device, args.batch_size or trained.args.batch_size, args.topk,
-                         args.workers, log))
+    rows = list(classify(trained, paths, device, trained.args.batch_size if args.batch_size is None else
+                         args.batch_size, args.topk, args.workers, log))
     seconds = time.perf_counter() - start
     write_rows(rows, args.out, trained)
     if args.cam:
-        write_image_maps(trained, [row for row in rows if 'error' not in row], device, args.cam)
+        faces.write_image_maps(trained, [row for row in rows if 'error' not in row], device, args.cam)
     skipped = sum('error' in row for row in rows)
     log(f'{len(rows) - skipped} images classified in {seconds:.1f}s ({(len(rows) - skipped) / seconds:.1f} images/s, '
         f'decoding included) on {device}' + (f'; {skipped} unreadable, skipped (listed above)' if skipped else '') +
         (f'; predictions in {args.out}' if args.out else ''))
 
 
-# ---------------------------------------------------------------- the network of a run
-
-@dataclass
-class TrainedNetwork:
-    model: torch.nn.Module  # in eval mode, on the CPU
-    args: argparse.Namespace  # the run's arguments, with train.py's defaults for flags it predates
-    class_names: list
-    genotype: Optional[str]  # text, as metrics.json holds it; None for a network not built from a genotype
-    input: dict  # as the checkpoint records it: image_size, grayscale, source_size
-    weights_file: Optional[str]
-    failure: Optional[str] = None  # the error of a failed run whose weights file was given explicitly
-
-    @property
-    def description(self):
-        if self.genotype is None:
-            return self.args.model
-        name = genotypes.genotype_name(genotypes.parse_genotype(self.genotype))
-        return f'{self.args.model}, genotype {name or self.genotype}'
-
-
-def load_network(path, weights='best'):
-    """The network a train.py run trained, rebuilt from the run's record (create_model, the factory train.py used)
-    with the weights of `path`: a run folder (best.pt or weights.pt, as `weights` says), a checkpoint.pt (which
-    records everything needed, wherever it is), or a best.pt or weights.pt inside its run folder."""
-    weights_file, folder = weights_path(path, weights)
-    loaded = run_folder.load_file(weights_file)
-    if isinstance(loaded, dict) and loaded.get('kind') == 'search':
-        refuse_search(weights_file, folder)
-    checkpoint = loaded if isinstance(loaded, dict) and 'args' in loaded and 'model' in loaded else None
-    state = checkpoint['model'] if checkpoint else loaded
-    if not (isinstance(state, dict) and state and all(isinstance(t, torch.Tensor) for t in state.values())):
-        raise UserError(f'{weights_file} holds no network weights (a state dict); give a run folder of train.py or its '
-                        f'{run_folder.CHECKPOINT}')
-    trained = build_network(folder, checkpoint, weights_file)
-    try:
-        trained.model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f'the weights in {weights_file} do not fit the network its run describes '
-                        f'({trained.args.model}, {len(trained.class_names)} classes): {str(e).splitlines()[0][:300]}. '
-                        f'Was the file moved from another run folder?') from None
-    trained.failure = run_folder.failure(folder)
-    return trained
-
-
-def build_network(folder, checkpoint=None, weights_file=None):
-    """The network of the train.py run in `folder` (or of `checkpoint`, read from `weights_file`), freshly
-    initialised (create_model with the run's arguments, genotype and class names), in eval mode."""
-    what = weights_file or folder
-    args = run_args(folder, checkpoint, weights_file)
-    genotype = run_genotype(folder, checkpoint, args)
-    class_names = recorded('class_names', folder, checkpoint)
-    if not (isinstance(class_names, list) and class_names and all(isinstance(n, str) for n in class_names)):
-        raise UserError(f'{what} does not say which classes its network predicts (neither its checkpoint nor '
-                        f'{os.path.join(folder, run_folder.METRICS)} lists them; a run of an earlier train.py?); give '
-                        f'its run folder with its {run_folder.METRICS}, or a {run_folder.CHECKPOINT} of the current '
-                        f'train.py')
-    import noise  # the heads a --noise_method adds (SCN, RUL), which the weights hold too
-    model = noise.inference_network(create_model(args.model, len(class_names), **model_options(
-        args, genotypes.parse_genotype(genotype) if genotype else None)), args)
-    return TrainedNetwork(model.eval(), args, class_names, genotype, run_input(checkpoint, args, what), weights_file)
-
-
-def weights_path(path, weights):
-    """(the weights file to load, the folder holding the run's other files)."""
-    if os.path.isfile(path):
-        return path, os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(path):
-        raise UserError(f'{path} does not exist; give an eval run folder of train.py, or its {run_folder.CHECKPOINT}')
-    if run_folder.run_kind(path) == 'search':
-        refuse_search(path, path)
-    name = run_folder.BEST if weights == 'best' else run_folder.WEIGHTS
-    file = os.path.join(path, name)
-    failed = run_folder.failure(path)
-    if failed and os.path.isfile(file):
-        # Its weights may be fine (the last good epoch), but a user reading predictions should know the run failed.
-        raise UserError(f'{path} is a run that failed ({failed}); to classify with its {name} anyway, give the file '
-                        f'itself: {file}')
-    if os.path.isfile(file):
-        return file, path
-    if failed:
-        why = f'the run failed before it saved one ({failed})'
-    elif os.path.isfile(os.path.join(path, run_folder.ARGS)):
-        why = 'the run has not finished its first epoch (or it was killed during it)'
-    else:
-        why = f'this is not a run folder of train.py (no {run_folder.ARGS})'
-    raise UserError(f'{path} holds no {name}: {why}; give an eval run folder that has finished an epoch')
-
-
-def refuse_search(what, folder):
-    raise UserError(f'{what} is a train_search.py run: its supernet is no trained classifier. Train the genotype it '
-                    f'found with python train.py --genotype_file {folder} and give predict.py that run')
-
-
-def run_args(folder, checkpoint=None, weights_file=None):
-    """A train.py run's arguments (the checkpoint's, else args.json), with train.py's defaults for the flags that
-    were added after the run (a run of an earlier version has no --model: it is gla_fernet)."""
-    if checkpoint:
-        saved = checkpoint['args']
-    else:
-        path = os.path.join(folder, run_folder.ARGS)
-        if not os.path.isfile(path):
-            raise UserError((f'{weights_file} holds the weights alone, and its folder {folder}' if weights_file else
-                             folder) + f' is no run folder of train.py (no {run_folder.ARGS}) to say which network, '
-                                       f'classes and input they are; give the run folder, or its '
-                                       f'{run_folder.CHECKPOINT}')
-        saved = run_folder.read_json(path, 'arguments file')
-    if run_folder.run_kind(folder, saved) == 'search':
-        refuse_search(weights_file or folder, folder)
-    return cli.resumed_args(train.parser, saved, argv=[])
-
-
-def recorded(key, folder, checkpoint=None):
-    """What a run records under `key`: its checkpoint's (train.py writes the class names, the input and the genotype
-    there), else its folder's metrics.json's (a best.pt or weights.pt; a checkpoint of an earlier train.py)."""
-    if checkpoint and checkpoint.get(key) is not None:
-        return checkpoint[key]
-    metrics, problem = run_folder.read_optional_json(os.path.join(folder, run_folder.METRICS))
-    if problem:
-        raise UserError(problem)
-    return (metrics or {}).get(key)
-
-
-def run_genotype(folder, checkpoint, args):
-    """The genotype text of a network built from one (recorded, else the one its flags name); None for the others,
-    as metrics.json says."""
-    if not uses_genotype(args.model):
-        return None
-    return recorded('genotype', folder, checkpoint) or genotypes.format_genotype(train.read_genotype(args)[0])
-
-
-def run_input(checkpoint, args, what):
-    """The input the network was trained on: {'image_size', 'grayscale', 'source_size'}, as the checkpoint records
-    it; for a run of an earlier train.py, as its arguments imply (data_loader decoded its dataset so)."""
-    derived = {'image_size': args.image_size, 'grayscale': data_loader.grayscale_source(args),
-               'source_size': data_loader.source_size(args)}
-    given = checkpoint.get('input') if checkpoint else None
-    if given is None:
-        return derived
-    if not (isinstance(given, dict) and derived.keys() <= given.keys() and given['image_size'] == args.image_size
-            and isinstance(given['grayscale'], bool) and isinstance(given['source_size'], int)):
-        raise UserError(f'{what}: its input record {given!r} is not what train.py writes (or disagrees with its '
-                        f'--image_size {args.image_size}); the file is damaged: give the run folder instead')
-    return {key: given[key] for key in derived}
+def check_inputs(paths, args):
+    """Refuse, before any work, inputs the flags cannot apply to: a video without --faces, --smooth without a video
+    or frame folder, a frame folder without frames or of frames of mixed sizes."""
+    videos = [path for path in paths if faces.is_video(path)]
+    if videos and not args.faces:
+        raise UserError(f'{videos[0]} is a video; classify its faces with --faces')
+    sequences = videos + [path for path in paths if os.path.isdir(path)]  # frame folders, with --frames only
+    if args.smooth and not sequences:
+        raise UserError(f'--smooth {args.smooth} averages each face\'s probabilities over the frames of a video, and '
+                        f'the inputs hold no video: drop --smooth, or give videos (or folders of frames with --frames)')
+    for folder in sequences:
+        if os.path.isdir(folder):
+            faces.frame_folder(folder)
 
 
 # ---------------------------------------------------------------- images in, classes out
@@ -394,224 +255,6 @@ def classify(trained, paths, device, batch_size, topk, workers, log):
     yield from flush()
 
 
-def network_on(trained, device):
-    """The run's network on `device`, in the memory format its evaluation used."""
-    model = trained.model.to(device)
-    return model.to(memory_format=torch.channels_last) if trained.args.channels_last else model
-
-
-def predict_probabilities(model, images, run_args, device, batch_size, amp_dtype, progress=lambda images: None):
-    """Class probabilities of uint8 source images (N x 3 x S x S) as the run's evaluation computes its logits."""
-    if images is None:
-        return None
-    loader = data_loader.evaluation_loader(images, torch.zeros(len(images), dtype=torch.int64), run_args, device,
-                                           batch_size=batch_size)
-    probabilities = []
-    with torch.no_grad(), utils.autocast(device, amp_dtype):
-        for x, _ in loader:
-            probabilities.append(F.softmax(utils.main_logits(model(x)).float(), dim=1))
-            progress(len(x))
-    return torch.cat(probabilities)
-
-
-# ---------------------------------------------------------------- faces in photos and videos (docs/faces.md)
-
-def as_source(crop, run_input):
-    """An aligned crop as the run's evaluation decodes an image: through data_loader.decode_image itself (grey for a
-    grey run, resized to its source size), from the crop's lossless PNG, so that the two can never differ."""
-    encoded = io.BytesIO()
-    Image.fromarray(crop).save(encoded, format='PNG')
-    return data_loader.decode_image(encoded, run_input['source_size'], run_input['grayscale'])
-
-
-def face_frames(path, args):
-    """(is a video, the frames of an image, video file or frame folder as (index, time, H x W x 3 uint8)); an image's
-    one frame has index and time None."""
-    if os.path.isdir(path):
-        return True, faces.folder_frames(path, args.fps)
-    if faces.is_video(path):
-        return True, faces.video_frames(path)
-    return False, [(None, None, data_loader.decode_image(path))]
-
-
-class OutputNames:
-    """File names in an output folder, one per input: the input's name, with -2, -3, ... for a repeated one."""
-
-    def __init__(self):
-        self.used = set()
-
-    def __call__(self, path):
-        stem = Path(path).stem or Path(path).name
-        name, n = stem, 1
-        while name in self.used:
-            n += 1
-            name = f'{stem}-{n}'
-        self.used.add(name)
-        return name
-
-
-def classify_faces(trained, paths, detector, device, args, log):
-    """Yield, in order, one row per face of each image, video frame or frame of a frame folder: {'path', 'frame',
-    'time', 'face', 'track', 'box', 'score', 'top'}; a row {'path', 'frame', 'time', 'error'} for an image or frame
-    without a face, or for an unreadable image (skipped; an unreadable video stops). Faces are numbered left to
-    right; in a video, `track` follows a face across frames (faces.Tracker) and --smooth averages each track's
-    probabilities over frames."""
-    model = network_on(trained, device)
-    topk = min(args.topk, len(trained.class_names))
-    smoothing = 2 / (args.smooth + 1) if args.smooth else 1.0  # an exponential moving average over ~N frames
-    seconds = dict.fromkeys(('detection', 'alignment', 'classification'), 0.0)
-    counts = dict.fromkeys(('frames', 'faces', 'no face', 'unreadable'), 0)
-    names = OutputNames()
-    for path in paths:
-        try:
-            video, frames = face_frames(path, args)
-        except UserError as e:  # an image that cannot be decoded; a video says so when its frames are read
-            log(f'skipped: {e}')
-            counts['unreadable'] += 1
-            yield {'path': path, 'frame': None, 'time': None, 'error': str(e)}
-            continue
-        name = names(path)
-        annotated = annotation_output(args.annotate, path, name, args.fps)
-        tracker, averages = faces.Tracker(), {}
-        with annotated if isinstance(annotated, faces.VideoWriter) else contextlib.nullcontext():
-            for index, time_s, image in frames:
-                found, sources, probabilities = classify_frame(trained, model, detector, image, device,
-                                                               args.batch_size, seconds)
-                tracks = tracker([face.box for face in found]) if video else [None] * len(found)
-                rows = []
-                for i, (face, track, p) in enumerate(zip(found, tracks, probabilities)):
-                    if video:
-                        previous = averages.get(track)
-                        p = averages[track] = p if previous is None else smoothing * p + (1 - smoothing) * previous
-                    values, indices = p.topk(topk)
-                    rows.append({'path': path, 'frame': index, 'time': time_s, 'face': i, 'track': track,
-                                 'box': [round(v, 1) for v in face.box], 'score': face.score,
-                                 'top': [(trained.class_names[c], q)
-                                         for c, q in zip(indices.tolist(), values.tolist())]})
-                if not found:
-                    rows.append({'path': path, 'frame': index, 'time': time_s, 'no_face': True,
-                                 'error': f'no face found (none of at least {args.min_face} pixels with probability '
-                                          f'{args.face_threshold:g} or more)'})
-                counts['frames'] += 1
-                counts['faces'] += len(found)
-                counts['no face'] += not found
-                if annotated is not None:
-                    drawn = visualize.draw_faces(image, [(r['box'], face_label(r, video)) for r in rows if 'box' in r])
-                    write_annotated(annotated, drawn, name if index is None else f'{index:06d}')
-                if args.cam and found:
-                    stem = name if index is None else f'{name}_frame{index:06d}'
-                    write_class_maps(trained, sources, [r['top'][0][0] for r in rows], device,
-                                     [os.path.join(args.cam, f'{stem}_face{i}.png') for i in range(len(found))])
-                yield from rows
-    per_face = lambda what: f'{1000 * seconds[what] / max(counts["faces"], 1):.1f} ms'
-    log(f'{counts["faces"]} faces in {counts["frames"]} images or frames ({counts["no face"]} without a face'
-        + (f', {counts["unreadable"]} unreadable, listed above' if counts['unreadable'] else '') + f') on {device}: '
-        f'detection {1000 * seconds["detection"] / max(counts["frames"], 1):.1f} ms per image, alignment '
-        f'{per_face("alignment")} and classification {per_face("classification")} per face'
-        + (f'; predictions in {args.out}' if args.out else ''))
-
-
-def classify_frame(trained, model, detector, image, device, batch_size, seconds):
-    """(the faces of an image, the uint8 source images of their aligned crops as the evaluation holds its images,
-    their class probabilities on the CPU), adding the time of each step to `seconds`."""
-    start = time.perf_counter()
-    found = detector(image)
-    detected = time.perf_counter()
-    crops = [faces.align(image, face.landmarks)[0] for face in found]
-    aligned = time.perf_counter()
-    sources = probabilities = None
-    if found:
-        sources = torch.stack([torch.from_numpy(as_source(crop, trained.input)).permute(2, 0, 1) for crop in crops])
-        amp_dtype, _ = utils.amp_settings(device, trained.args.amp)
-        probabilities = predict_probabilities(model, sources, trained.args, device,
-                                              batch_size or trained.args.batch_size, amp_dtype).cpu()
-    seconds['detection'] += detected - start
-    seconds['alignment'] += aligned - detected
-    seconds['classification'] += time.perf_counter() - aligned
-    return found, sources, probabilities if found else []
-
-
-def face_label(row, track=False):
-    """The text drawn beside a face: its index (its track in a video) and its likeliest class."""
-    (name, p), = row['top'][:1]
-    return f'{"track" if track else "face"} {row["track"] if track else row["face"]}: {name} {100 * p:.0f}%'
-
-
-def annotation_output(folder, path, name, fps):
-    """Where the annotated frames of `path` go: None without --annotate; a faces.VideoWriter for a video file (at its
-    own frame rate); a sub-folder of `folder` for a frame folder; `folder` itself for an image."""
-    if folder is None:
-        return None
-    if faces.is_video(path):
-        return faces.VideoWriter(os.path.join(folder, f'{name}.mp4'), faces.video_rate(path))
-    if os.path.isdir(path):
-        os.makedirs(os.path.join(folder, name), exist_ok=True)
-        return os.path.join(folder, name)
-    return folder
-
-
-def write_annotated(output, image, name):
-    if isinstance(output, faces.VideoWriter):
-        output.write(np.asarray(image))
-    else:
-        run_folder.atomic_write(os.path.join(output, f'{name}.jpg'),
-                                lambda tmp: image.save(tmp, format='JPEG', quality=ANNOTATED_JPEG_QUALITY))
-
-
-def activation_maps(model, x, classes):
-    """Where the network looks for class classes[i] in the (preprocessed) image x[i]: (N x h x w maps over the grid of
-    forward_features, the method). 'CAM' (Zhou et al. 2016) for a network whose head is a linear map after global
-    average pooling (its class_activation_maps: a map's spatial mean is the class logit less its bias); 'Grad-CAM'
-    (Selvaraju et al. 2017) for the others: the feature channels weighted by the spatial mean of the class logit's
-    gradient, summed, then ReLU (the evidence for the class, not against it)."""
-    rows = torch.arange(len(x), device=x.device)
-    if hasattr(model, 'class_activation_maps'):
-        with torch.no_grad():
-            return model.class_activation_maps(model.forward_features(x))[rows, classes].float(), 'CAM'
-    with torch.no_grad():
-        features = model.forward_features(x)
-    with torch.enable_grad():
-        features.requires_grad_()
-        gradients, = torch.autograd.grad(model.forward_head(features)[rows, classes].sum(), features)
-    return F.relu((gradients.mean((2, 3), keepdim=True) * features.detach()).sum(1)).float(), 'Grad-CAM'
-
-
-def display_maps(maps, size):
-    """Maps upsampled bilinearly to size x size and scaled to [0, 1] each (0: its lowest value, 1: its highest): what
-    an overlay shows is where the network looks most, relative to the rest of the same image."""
-    maps = F.interpolate(maps[:, None], size=(size, size), mode='bilinear', align_corners=False)[:, 0]
-    low, high = maps.amin((1, 2), keepdim=True), maps.amax((1, 2), keepdim=True)
-    return (maps - low) / (high - low).clamp_min(torch.finfo(maps.dtype).tiny)
-
-
-def write_class_maps(trained, sources, predicted, device, paths):
-    """For each uint8 source image (N x 3 x S x S, as the evaluation's cache holds it) the map of its predicted class
-    (a class name), drawn over the image as the network saw it (grey for a grey run) into `paths`."""
-    classes = torch.tensor([trained.class_names.index(name) for name in predicted], device=device)
-    loader = data_loader.evaluation_loader(sources, torch.zeros(len(sources), dtype=torch.int64), trained.args, device,
-                                           batch_size=len(sources))
-    x, _ = next(iter(loader))
-    maps, method = activation_maps(network_on(trained, device), x.float(), classes)
-    for image, heat, name, path in zip(sources, display_maps(maps, sources.shape[-1]).cpu(), predicted, paths):
-        visualize.plot_class_map(image.permute(1, 2, 0).numpy(), heat.numpy(), path, f'{name}: {method}' + (
-            ' (1x1 feature map: uniform)' if maps.shape[-2:] == (1, 1) else ''))
-
-
-def write_image_maps(trained, rows, device, folder):
-    """The class maps of whole images (predict.py --cam without --faces), a batch at a time."""
-    names = OutputNames()
-    batch = trained.args.batch_size
-    for first in range(0, len(rows), batch):
-        part = rows[first:first + batch]
-        sources = torch.stack([torch.from_numpy(data_loader.decode_image(
-            row['path'], trained.input['source_size'], trained.input['grayscale'])).permute(2, 0, 1) for row in part])
-        write_class_maps(trained, sources, [row['top'][0][0] for row in part], device,
-                         [os.path.join(folder, f'{names(row["path"])}.png') for row in part])
-
-
-FACE_COLUMNS = ['frame', 'time', 'face', 'track', 'x0', 'y0', 'x1', 'y1', 'score']  # after path, with --faces
-
-
 def write_rows(rows, out, trained, by_face=False):
     """Print the predictions, or write them to a .csv (one row per image, or with by_face per face; an unreadable
     image, or one without a face, has only its error) or a .json file."""
@@ -643,7 +286,7 @@ def write_rows(rows, out, trained, by_face=False):
         run_folder.write_json(out, data)
         return
     k = max((len(r['top']) for r in rows if 'error' not in r), default=1)
-    header = (['path'] + FACE_COLUMNS * by_face + ['prediction', 'probability'] +
+    header = (['path'] + faces.FACE_COLUMNS * by_face + ['prediction', 'probability'] +
               [f'{field}_{rank}' for rank in range(2, k + 1) for field in ('class', 'probability')] + ['error'])
 
     def write(tmp):
@@ -651,9 +294,7 @@ def write_rows(rows, out, trained, by_face=False):
             writer = csv.writer(f)
             writer.writerow(header)
             for row in rows:
-                face = [row.get('frame'), row.get('time'), row.get('face'), row.get('track'),
-                        *row.get('box', [None] * 4), row.get('score')] if by_face else []
-                face = ['' if v is None else v for v in face]
+                face = faces.face_cells(row) if by_face else []
                 cells = [c for pair in row.get('top', []) for c in pair]
                 writer.writerow([row['path'], *face, *cells, *[''] * (len(header) - 2 - len(face) - len(cells)),
                                  row.get('error', '')])
@@ -662,9 +303,34 @@ def write_rows(rows, out, trained, by_face=False):
 
 # ---------------------------------------------------------------- export
 
-def save_program(program, path):
+def save_program(program, path, description=None):
+    """Write an exported network (torch.export's program, or torch.onnx's) to `path`, with `description` inside: a
+    .pt2's extra file, an ONNX model's metadata_props (DESCRIPTION)."""
+    if not isinstance(program, torch.export.ExportedProgram):  # torch.onnx's ONNXProgram
+        program.save(path)
+        if description is not None:
+            import onnx
+            model = onnx.load(path)
+            entry = model.metadata_props.add()
+            entry.key, entry.value = DESCRIPTION, json.dumps(description)
+            onnx.save(model, path)
+        return
     with open(path, 'wb') as f:  # a file object: torch.export.save warns about a name not ending in .pt2
-        torch.export.save(program, f)
+        torch.export.save(program, f, extra_files=None if description is None else
+                          {DESCRIPTION: json.dumps(description)})
+
+
+def read_description(path):
+    """The description an exported file holds (its input, class names, origin, the check against eager PyTorch)."""
+    if path.endswith('.onnx'):
+        import onnx
+        found = {entry.key: entry.value for entry in onnx.load(path, load_external_data=False).metadata_props}
+    else:
+        found = {DESCRIPTION: ''}
+        torch.export.load(path, extra_files=found)
+    if not found.get(DESCRIPTION):
+        raise UserError(f'{path} holds no description: it was not exported by this version of predict.py')
+    return json.loads(found[DESCRIPTION])
 
 
 class Deployable(torch.nn.Module):
@@ -693,55 +359,71 @@ class Deployable(torch.nn.Module):
 
 def export(trained, path, log):
     """Write the network to `path` (.pt2: torch.export; .onnx: ONNX, opset of torch's exporter), with a dynamic batch
-    size, then load the written file and check that it computes the eager network's logits within EXPORT_TOLERANCE on
-    a batch of another size than the one it was traced with; a file that fails the check is removed.
+    size, after checking that the written file, loaded again, computes the eager network's logits within
+    EXPORT_TOLERANCE on a batch of another size than the one it was traced with.
 
-    A description of its input and output goes beside it (PATH.json), recording the sha256 of the file it describes.
-    The earlier description is removed first and the new one written last (both files atomically), so that a kill at
-    any point leaves the earlier pair, or a network without a description, never a description of another network."""
+    The file holds its own description (its input and output, class names, origin and the check's result;
+    read_description), so the whole export is one atomic write: a kill at any point leaves the earlier file or the
+    new one, each with its own description. PATH.json beside it is a copy, with the sha256 of the file, written last
+    (the earlier copy is removed first)."""
     size, grey = trained.input['image_size'], trained.input['grayscale']
     module = Deployable(trained.model, grey).cpu().float().eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.randint(0, 256, (2, 3, size, size), generator=generator).float()
     check = torch.randint(0, 256, (3, 3, size, size), generator=generator).float()
     dynamic = ({0: torch.export.Dim('batch', min=1, max=65536)},)
-    description = f'{path}.json'
+    copy = f'{path}.json'
     log(f'exporting {trained.description} to {path} with {"torch.export" if path.endswith(".pt2") else "ONNX"} '
         f'(tracing a large network takes minutes), then checking it against eager PyTorch')
     with contextlib.suppress(FileNotFoundError):
-        os.remove(description)
+        os.remove(copy)
     with torch.no_grad():
         expected = module(check)
         if path.endswith('.pt2'):
             program = torch.export.export(module, (example,), dynamic_shapes=dynamic)
-            run_folder.atomic_write(path, lambda tmp: save_program(program, tmp))
-            got = torch.export.load(path).module()(check)
         else:
-            import onnxruntime
             program = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=dynamic,
                                         input_names=['pixels'], output_names=['logits'], verbose=False)
-            run_folder.atomic_write(path, lambda tmp: program.save(tmp))
-            session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
-            got = torch.from_numpy(session.run(None, {'pixels': check.numpy()})[0])
-    difference = (got - expected).abs().max().item()
-    if not difference <= EXPORT_TOLERANCE:
-        os.remove(path)
-        raise UserError(f'the exported network differs from eager PyTorch by {difference:.3g} (more than '
-                        f'{EXPORT_TOLERANCE:g}) on a batch of {len(check)}; {path} was removed. Please report this '
-                        f'with the run\'s {run_folder.ARGS}')
+    description = describe(trained)
+
+    def write(tmp):
+        save_program(program, tmp)
+        difference = (run_exported(tmp, path, check) - expected).abs().max().item()
+        if not difference <= EXPORT_TOLERANCE:
+            raise UserError(f'the exported network differs from eager PyTorch by {difference:.3g} (more than '
+                            f'{EXPORT_TOLERANCE:g}) on a batch of {len(check)}; {path} was not written. Please report '
+                            f'this with the run\'s {run_folder.ARGS}')
+        description['max_difference_from_eager'] = difference
+        save_program(program, tmp, description)
+    run_folder.atomic_write(path, write)
+    run_folder.write_json(copy, {'file': os.path.basename(path), 'sha256': sha256(path), **description})
+    log(f'exported {path} (its description inside, and a copy in {copy}): reloaded, it computes the logits of eager '
+        f'PyTorch within {description["max_difference_from_eager"]:.2e} on a batch of {len(check)} (tolerance '
+        f'{EXPORT_TOLERANCE:g})')
+
+
+def run_exported(file, path, pixels):
+    """The logits of the exported network in `file` (written for `path`, whose suffix says its format) on `pixels`."""
+    if path.endswith('.pt2'):
+        with open(file, 'rb') as f, torch.no_grad():  # a file object: torch.export.load warns about another suffix
+            return torch.export.load(f).module()(pixels)
+    import onnxruntime
+    session = onnxruntime.InferenceSession(file, providers=['CPUExecutionProvider'])
+    return torch.from_numpy(session.run(None, {'pixels': pixels.numpy()})[0])
+
+
+def describe(trained):
+    """What an exported network takes and returns, and where it came from (read_description gives it back)."""
+    size, grey = trained.input['image_size'], trained.input['grayscale']
     colour = (f'{GREY_INPUT} or RGB, which the network turns grey itself (ITU-R 601-2 luma as PIL\'s convert("L"), '
               f'rounded): it was trained on grey faces, so a colour face gets the probabilities of its grey version'
               if grey else 'RGB')
-    run_folder.write_json(description, {
-        'file': os.path.basename(path), 'sha256': sha256(path),
-        'input': f'float32 pixel values 0..255, N x 3 x {size} x {size}: an aligned face crop resized to {size}x{size} '
-                 f'(bilinear, antialiased), {colour}; the normalisation is inside the network',
-        'trained_on': GREY_INPUT if grey else 'RGB', 'grayscale': grey,
-        'output': 'N x classes logits; softmax gives probabilities', 'class_names': trained.class_names,
-        'image_size': size, 'model': trained.args.model, 'genotype': trained.genotype,
-        'weights': trained.weights_file, 'max_difference_from_eager': difference})
-    log(f'exported {path} (and {description} describing its input): reloaded, it computes the logits of eager PyTorch '
-        f'within {difference:.2e} on a batch of {len(check)} (tolerance {EXPORT_TOLERANCE:g})')
+    return {'input': f'float32 pixel values 0..255, N x 3 x {size} x {size}: an aligned face crop resized to '
+                     f'{size}x{size} (bilinear, antialiased), {colour}; the normalisation is inside the network',
+            'trained_on': GREY_INPUT if grey else 'RGB', 'grayscale': grey,
+            'output': 'N x classes logits; softmax gives probabilities', 'class_names': trained.class_names,
+            'image_size': size, 'model': trained.args.model, 'genotype': trained.genotype,
+            'weights': trained.weights_file}
 
 
 def sha256(path):

@@ -8,7 +8,7 @@ SELECTIONS = {  # metrics.json key: how the epoch of the numbers was chosen
     'last': 'last epoch',
     'val_selected': 'best validation',
     'test_selected': 'test-selected',
-    'last5_mean': 'mean of the last 5 epochs',  # as the noisy-label FER papers report (EAC)
+    'last5_mean': 'mean of the last 5 epochs',  # as the noisy-label FER papers report (EAC); of those run, if fewer
 }
 
 parser = argparse.ArgumentParser('report', description=__doc__)
@@ -43,6 +43,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 import genotypes  # noqa: E402
+import recipes  # noqa: E402
 import run_folder  # noqa: E402
 import train  # noqa: E402
 import utils  # noqa: E402
@@ -50,7 +51,7 @@ import visualize  # noqa: E402
 from baselines import uses_genotype  # noqa: E402
 from benchmark import time_calls  # noqa: E402
 from errors import UserError  # noqa: E402
-from predict import build_network  # noqa: E402
+from trained import build_network  # noqa: E402
 
 DASH = '-'  # a number a run does not hold (failed before it, or written by an older version)
 LATENCY_STEPS = 10  # forward passes per repeat
@@ -70,7 +71,7 @@ METRICS_TYPES = {'complete': bool, 'epochs_done': int, 'epochs': int, 'model': s
                  'class_names': list, 'params': NUMBER, 'params_without_auxiliary': NUMBER, 'macs': NUMBER,
                  'flops': NUMBER, 'model_size_mb': NUMBER, **{selection: dict for selection in SELECTIONS}}
 SELECTION_TYPES = {'accuracy': NUMBER, 'balanced_accuracy': NUMBER, 'f1': NUMBER, 'epoch': int,
-                   'confusion_matrix': list}
+                   'epochs': int, 'confusion_matrix': list}  # epochs: how many last5_mean averaged
 RECORD_TYPES = {'epoch': int, 'primitives': list, 'normal': dict, 'reduce': dict}  # architecture_weights.json
 
 
@@ -346,6 +347,7 @@ def table_row(run, latency, repeats, log):
         for key, _ in METRICS:
             row[f'{selection}_{key}'] = value(numbers, key)
         row[f'{selection}_epoch'] = value(numbers, 'epoch')
+    row['last5_mean_epochs'] = value(metrics.get('last5_mean') or {}, 'epochs')  # fewer than 5 in a short run
     noisy = metrics.get('label_noise') if isinstance(metrics.get('label_noise'), dict) else {}
     row['noise_method'] = value(noisy, 'method') if noisy else value(args, 'noise_method')
     row['auroc'] = value(noisy, 'auroc')  # the last epoch's AUROC of the method's score for flipped labels
@@ -354,12 +356,15 @@ def table_row(run, latency, repeats, log):
 
 def experiment(args):
     """The flags that decide what a run computes, as (flag, value) pairs; the flags a run's version did not have yet
-    take their defaults (so that an older run and a newer one of the same experiment agree)."""
+    take their defaults (so that an older run and a newer one of the same experiment agree). The flags of the other
+    noise methods than the run's --noise_method are left out: they change nothing it computes."""
     if not args:
         return ()
     every = vars(cli.resumed_args(train.parser, args, argv=[]))
+    own = recipes.NOISE_METHODS.get(every.get('noise_method'), ())
+    foreign = {flag for flags in recipes.NOISE_METHODS.values() for flag in flags} - set(own)
     return tuple(sorted((flag, json.dumps(value, sort_keys=True)) for flag, value in every.items()
-                        if flag not in NOT_COMPARED))
+                        if flag not in NOT_COMPARED and flag not in foreign))
 
 
 def dataset_label(args):
@@ -400,21 +405,25 @@ def cpu_latency_ms(run, repeats, log):
 def run_columns(selections):
     columns = ['run', 'status', 'model', 'dataset', 'noise', 'seed', 'epochs', 'params', 'macs', 'model_size_mb',
                'latency_ms']
-    return columns + [f'{s}_{key}' for s in selections for key in [k for k, _ in METRICS] + ['epoch']] + [
+    return columns + [f'{s}_{key}' for s in selections
+                      for key in [k for k, _ in METRICS] + ['epoch'] + ['epochs'] * (s == 'last5_mean')] + [
         'noise_method', 'auroc', 'folder']
 
 
 def group_columns(selections):
-    columns = ['model', 'dataset', 'noise', 'setting', 'runs', 'seeds', 'params', 'macs', 'model_size_mb',
-               'latency_ms']
-    return columns + [f'{s}_{key}_{stat}' for s in selections for key, _ in METRICS for stat in ('mean', 'std')]
+    columns = ['model', 'dataset', 'noise', 'noise_method', 'setting', 'runs', 'seeds', 'params', 'macs',
+               'model_size_mb', 'latency_ms']
+    return columns + [f'{s}_{key}_{stat}' for s in selections for key, _ in METRICS for stat in ('mean', 'std')] + [
+        'last5_mean_epochs'] * ('last5_mean' in selections) + ['auroc_mean', 'auroc_std']
 
 
 def group_rows(runs, selections):
     """One row per experiment (network, dataset, noise and every flag that changes what a run computes): mean and
     sample standard deviation over its runs (seeds) of every number; the standard deviation of a single run is a
     dash. Experiments of one model, dataset and noise name in 'setting' the flags whose values tell them apart (a
-    1-epoch smoke test is never averaged with 600-epoch runs)."""
+    1-epoch smoke test is never averaged with 600-epoch runs), but for the noise method, a column of its own: a flag
+    another experiment has not (another method's) tells nothing apart. 'auroc': the runs' last noise-detection AUROC
+    (a dash where one run has none: no flipped label, or clean labels unknown)."""
     groups = {}
     for run in runs:
         row = run['row']
@@ -422,10 +431,12 @@ def group_rows(runs, selections):
         groups.setdefault(key, []).append(row)
     result = []
     for (model, dataset, noise, params, macs, settings), rows in groups.items():
-        others = [key[5] for key in groups if key[:3] == (model, dataset, noise) and key[5] != settings]
-        differing = [(flag, json.loads(value)) for flag, value in settings
-                     if any((flag, value) not in other for other in others)]
+        others = [dict(key[5]) for key in groups if key[:3] == (model, dataset, noise) and key[5] != settings]
+        differing = [(flag, json.loads(value)) for flag, value in settings if flag != 'noise_method' and
+                     any(flag in other and other[flag] != value for other in others)]
+        method = dict(settings).get('noise_method')
         group = {'model': model, 'short_model': rows[0]['short_model'], 'dataset': dataset, 'noise': noise,
+                 'noise_method': json.loads(method) if method else DASH,
                  'setting': ', '.join(f'{flag} {value}' for flag, value in differing), 'runs': len(rows),
                  'seeds': ' '.join(str(r['seed']) for r in rows), 'params': params, 'macs': macs,
                  'model_size_mb': rows[0]['model_size_mb'], 'latency_ms': mean([r['latency_ms'] for r in rows])}
@@ -433,14 +444,22 @@ def group_rows(runs, selections):
             for key, _ in METRICS:
                 values = [r[f'{s}_{key}'] for r in rows]
                 group[f'{s}_{key}_mean'] = mean(values)
-                group[f'{s}_{key}_std'] = (statistics.stdev(values) if len(values) > 1 and DASH not in values
-                                           else DASH)
+                group[f'{s}_{key}_std'] = std(values)
+        averaged = {r['last5_mean_epochs'] for r in rows} - {DASH}
+        group['last5_mean_epochs'] = min(averaged) if averaged else DASH
+        aurocs = [r['auroc'] for r in rows]
+        group['auroc_mean'], group['auroc_std'] = mean(aurocs), std(aurocs)
         result.append(group)
-    return sorted(result, key=lambda g: (g['dataset'], g['noise'], str(g['model']), g['setting']))
+    return sorted(result, key=lambda g: (g['dataset'], g['noise'], str(g['model']), g['noise_method'], g['setting']))
 
 
 def mean(values):
     return statistics.fmean(values) if values and DASH not in values else DASH
+
+
+def std(values):
+    """The sample standard deviation; a dash for a single value or where one is missing."""
+    return statistics.stdev(values) if len(values) > 1 and DASH not in values else DASH
 
 
 def write_csv(path, rows, columns):
@@ -494,7 +513,8 @@ def markdown_report(runs, groups, selections, figures, args, notes):
                 'epoch each selection rule picks: **last epoch**; **best validation** (the epoch of best accuracy on '
                 'a validation split); **test-selected** (the epoch of best test accuracy: chosen on the test set, '
                 'so optimistic, as the released code\'s best_acc); **mean of the last 5 epochs** (as the noisy-label '
-                'FER papers report). Parameters without the auxiliary head; MACs = multiply-adds for one image; ' +
+                'FER papers report; a run of fewer epochs averages all it ran, and its cells say how many, e.g. '
+                '"(last 2)"). Parameters without the auxiliary head; MACs = multiply-adds for one image; ' +
                 latency + '.' + (' Runs trained under label noise (train.py --noise_method) add the method and the '
                                  'last epoch\'s AUROC of its per-sample score for flipped training labels.'
                                  if noisy else ''), '']
@@ -506,7 +526,8 @@ def markdown_report(runs, groups, selections, figures, args, notes):
             rows.append([row['run'], row['status'], row['model'], row['dataset'], row['noise'], row['seed'],
                          row['epochs'], number(row['params'], 'count'), number(row['macs'], 'mega'),
                          number(row['model_size_mb'], 'float'), number(row['latency_ms'], 'float')] +
-                        [number(row[f'{s}_{key}'], 'float') for s in selections for key, _ in METRICS] +
+                        [averaged(number(row[f'{s}_{key}'], 'float'), s, row) for s in selections
+                         for key, _ in METRICS] +
                         [row['noise_method'], number(row['auroc'], 'ratio')] * noisy)
         out += [markdown_table(header, rows), '']
         left_out = len(evals) - sum(g['runs'] for g in groups)
@@ -514,13 +535,18 @@ def markdown_report(runs, groups, selections, figures, args, notes):
                 'Complete runs that differ only in their seed: the same network, dataset, noise and every training '
                 'flag. Where runs of one model, dataset and noise differ in other flags, each setting is a row of its '
                 'own, and "setting" names the flags that tell it apart. Sample standard deviation, a dash for a '
-                'single run.' + (f' {left_out} unfinished, failed or damaged run(s) left out.' if left_out else ''), '']
-        header = ['model', 'dataset', 'noise', 'setting', 'runs', 'seeds', 'params', 'MACs', 'size (MB)',
-                  'latency (ms)'] + labels
-        rows = [[g['model'], g['dataset'], g['noise'], g['setting'], g['runs'], g['seeds'],
-                 number(g['params'], 'count'), number(g['macs'], 'mega'), number(g['model_size_mb'], 'float'),
-                 number(g['latency_ms'], 'float')] +
-                [mean_std(g[f'{s}_{key}_mean'], g[f'{s}_{key}_std']) for s in selections for key, _ in METRICS]
+                'single run.' + (' "method" is the noise method (train.py --noise_method) and "AUROC" the mean ± std '
+                                 'of the runs\' last-epoch AUROC (a dash where a run has none).' if noisy else '') +
+                (f' {left_out} unfinished, failed or damaged run(s) left out.' if left_out else ''), '']
+        header = (['model', 'dataset', 'noise'] + ['method'] * noisy + ['setting', 'runs', 'seeds', 'params', 'MACs',
+                                                                         'size (MB)', 'latency (ms)'] +
+                  labels + ['AUROC'] * noisy)
+        rows = [[g['model'], g['dataset'], g['noise']] + [g['noise_method']] * noisy +
+                [g['setting'], g['runs'], g['seeds'], number(g['params'], 'count'), number(g['macs'], 'mega'),
+                 number(g['model_size_mb'], 'float'), number(g['latency_ms'], 'float')] +
+                [averaged(mean_std(g[f'{s}_{key}_mean'], g[f'{s}_{key}_std']), s, g)
+                 for s in selections for key, _ in METRICS] +
+                [mean_std(g['auroc_mean'], g['auroc_std'], digits=3)] * noisy
                 for g in groups]
         out += [markdown_table(header, rows), '']
     if figures.get('cost'):
@@ -535,10 +561,18 @@ def markdown_report(runs, groups, selections, figures, args, notes):
     return '\n'.join(out)
 
 
-def mean_std(mean_value, std):
+def mean_std(mean_value, std_value, digits=2):
     if mean_value == DASH:
         return DASH
-    return f'{mean_value:.2f}' + (f' ± {std:.2f}' if std != DASH else '')
+    return f'{mean_value:.{digits}f}' + (f' ± {std_value:.{digits}f}' if std_value != DASH else '')
+
+
+def averaged(cell, selection, row):
+    """A cell of the last-5 selection says how many epochs it averaged where a short run had fewer than 5."""
+    epochs = row.get('last5_mean_epochs', DASH)
+    if selection != 'last5_mean' or cell == DASH or epochs == DASH or epochs >= train.LAST_EPOCHS:
+        return cell
+    return f'{cell} (last {epochs})'
 
 
 # ---------------------------------------------------------------- figures
@@ -551,7 +585,8 @@ def draw_figures(runs, groups, selection, out, log):
     def path(name):
         return os.path.join('figures', f'{name}.png')
 
-    points = [{'model': g['short_model'] + (f' ({g["setting"]})' if g['setting'] else ''),
+    method = lambda g: f' {g["noise_method"]}' if g['noise_method'] not in (DASH, 'none') else ''
+    points = [{'model': g['short_model'] + method(g) + (f' ({g["setting"]})' if g['setting'] else ''),
                'panel': f'{g["dataset"]}, noise {g["noise"]}', 'params': g['params'], 'macs': g['macs'],
                'accuracy': g[f'{selection}_accuracy_mean'], 'std': g[f'{selection}_accuracy_std'], 'runs': g['runs']}
               for g in groups if f'{selection}_accuracy_mean' in g and DASH not in

@@ -8,7 +8,9 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 
@@ -30,6 +32,9 @@ TENSORBOARD = 'tensorboard'
 FAILED = 'FAILED'  # the error of a run that stopped with one
 
 KINDS = {'search': 'train_search.py', 'eval': 'train.py'}  # the run folder's prefix is its kind
+# atomic_folder's temporary folders are named after their machine and process, so that a build that was killed can be
+# told from one still running, and removed by the next build of the same folder.
+BUILDER = re.sub(r'[^A-Za-z0-9-]', '-', socket.gethostname())
 UMASK = os.umask(0o022)  # read once (setting is the only way to read it): written files get the usual permissions
 os.umask(UMASK)
 
@@ -43,28 +48,44 @@ def atomic_write(path, write, advice='then run the command again'):
 
     A failed write (disk full, permissions, a missing folder) removes the partial file and raises one UserError that
     says whether the previous `path` is intact, and `advice` (what to do once the cause is fixed)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        with atomic_file(path) as tmp:
+            write(tmp)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        raise write_error(path, e, advice) from None
+
+
+@contextlib.contextmanager
+def atomic_file(path):
+    """atomic_write for a file written over a block (a video, a frame at a time): yields the temporary name, renamed
+    to `path` when the block completes; after an error (or Ctrl-C) the temporary file is removed and the error goes
+    on as it is (write_error turns a failed write into the UserError atomic_write raises)."""
     check_output_folder(path)
     if os.path.isdir(path):
         raise UserError(f'cannot write {path}: it is a folder; give a file name')
     tmp = None
     try:
-        handle, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=folder)
+        handle, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp',
+                                       dir=os.path.dirname(os.path.abspath(path)))
         os.close(handle)
         os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's 0600 would make every result private to its writer
-        write(tmp)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException as e:  # a failed write or Ctrl-C: never leave the temporary file behind
+    except BaseException:  # never leave the temporary file behind
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
-        if not isinstance(e, (OSError, RuntimeError)):  # torch.save reports a failed write as a RuntimeError
-            raise
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-        previous = (f'the previous {os.path.basename(path)} is intact' if os.path.exists(path)
-                    else f'there was no earlier {os.path.basename(path)}')
-        raise UserError(f'could not write {path} ({reason}); {previous}, and no partial file was left. Free some disk '
-                        f'space (or fix the folder\'s permissions), {advice}') from None
+        raise
+
+
+def write_error(path, error, advice='then run the command again'):
+    """The UserError of a failed write of `path` (an OSError or RuntimeError: disk full, permissions, a missing
+    folder), saying whether the previous `path` is intact and `advice`."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+    previous = (f'the previous {os.path.basename(path)} is intact' if os.path.exists(path)
+                else f'there was no earlier {os.path.basename(path)}')
+    return UserError(f'could not write {path} ({reason}); {previous}, and no partial file was left. Free some disk '
+                     f'space (or fix the folder\'s permissions), {advice}')
 
 
 @contextlib.contextmanager
@@ -76,7 +97,9 @@ def atomic_folder(out):
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UserError(f'{out} already exists and is not empty; remove it or choose another output folder.')
     check_output_folder(out)
-    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.', suffix='.tmp', dir=os.path.dirname(os.path.abspath(out)))
+    remove_killed_builds(out)
+    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(out)}.{BUILDER}-{os.getpid()}.', suffix='.tmp',
+                           dir=os.path.dirname(os.path.abspath(out)))
     os.chmod(tmp, 0o777 & ~UMASK)
     try:
         yield tmp
@@ -87,12 +110,54 @@ def atomic_folder(out):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_killed_builds(out):
+    """Remove the temporary folders of `out` that atomic_folder left on this machine in a process that is gone (killed:
+    SIGKILL, a power cut); those of a build still running stay."""
+    if os.name != 'posix':  # os.kill(pid, 0) tests a process only on POSIX
+        return
+    parent = os.path.dirname(os.path.abspath(out))
+    own = re.compile(rf'\.{re.escape(os.path.basename(out))}\.{re.escape(BUILDER)}-(\d+)\.[^.]+\.tmp')
+    for name in os.listdir(parent):
+        found = own.fullmatch(name)
+        if found and os.path.isdir(os.path.join(parent, name)) and not process_running(int(found.group(1))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def process_running(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def check_output_folder(path):
     """Refuse, before any work is done, an output path whose folder does not exist or is a file."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         what = 'is a file, not a folder' if os.path.exists(folder) else 'does not exist'
         raise UserError(f'cannot write {path}: the folder {folder} {what}; create it or give another path')
+
+
+def check_output_directory(folder):
+    """Refuse, before any work is done, an output folder that cannot be written: a file in its place, a missing
+    parent, or no right to create it or write into it (tried with a folder or file made and removed at once)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f'{folder} is a file, not a folder; give a folder (it is created if missing)')
+    check_output_folder(folder)
+    try:
+        if os.path.isdir(folder):
+            tempfile.TemporaryFile(dir=folder).close()
+        else:
+            os.mkdir(folder)
+            os.rmdir(folder)
+    except OSError as e:
+        what = 'write into' if os.path.isdir(folder) else 'create'
+        raise UserError(f'cannot {what} {folder} ({e.strerror}); fix the permissions of '
+                        f'{folder if what == "write into" else os.path.dirname(os.path.abspath(folder))} or give '
+                        f'another folder') from None
 
 
 def write_json(path, data, advice='then run the command again'):
@@ -240,9 +305,22 @@ def load_checkpoint(path, kind):
 
 def load_file(path, context=''):
     """A .pt file's content, loaded with weights_only=True (a tampered file is refused, never executed)."""
+    import re
+
     import torch  # only here: the scripts import this module before torch
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001 -- whatever is in the file, it is nothing we can use
+        reason = str(e)
+        if reason.startswith('Weights only load failed'):
+            # torch's message advises weights_only=False, which would run whatever code the file carries: never passed
+            # on. Its own reason is the error it was raised from.
+            found = re.search(r'GLOBAL (\S+) (?:was not an allowed global|whose module)', reason)
+            if found:  # the file pickles a class or function
+                raise UserError(f'{context}{path} holds objects other than tensors and plain containers '
+                                f'({found.group(1)}), which cannot be loaded safely (unpickling them could run code); '
+                                'load it in code you trust, save the weights alone with '
+                                'torch.save(model.state_dict(), path) and give that file') from None
+            reason = str(e.__context__ or 'not a file of torch.save')
         raise UserError(f'{context}{path} is not a readable checkpoint or weights file ({type(e).__name__}: '
-                        f'{str(e).splitlines()[0][:200]})') from None
+                        f'{(reason.splitlines() or [""])[0][:200]})') from None

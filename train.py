@@ -179,7 +179,8 @@ def check_args(parser, args):
 
 
 def check_noise_args(parser, args):
-    """Refuse a --noise_method where it does not apply, and the training options it does not combine with."""
+    """Refuse a --noise_method where it does not apply, and the training options it does not combine with: every
+    conflicting flag at once, each said to come from the model's recipe where it does."""
     method, model = args.noise_method, recipes.MODELS[args.model]
     for name, flags in recipes.NOISE_METHODS.items():
         for flag in flags:
@@ -187,23 +188,23 @@ def check_noise_args(parser, args):
                 parser.error(f'argument --{flag}: applies to --noise_method {name}, not {method}')
     if method == 'none':
         return
-    refusals = [
-        (model.two_branch, f"{args.model}'s two-branch training is a loss of its own, which {method}'s loss would "
-                           f"replace"),
-        (method == 'eac' and not model.class_activation_maps,
-         f'eac needs class activation maps: a last feature map followed by global pooling and one linear layer, '
-         f'and {args.model} has none'),
-        (getattr(args, 'auxiliary', False), f"--auxiliary: {method}'s loss uses the network's features and head, not "
-                                            f"the auxiliary tower's logits"),
-        (args.mixup_alpha or args.cutmix_alpha, f"--mixup_alpha and --cutmix_alpha: {method}'s loss needs each "
-                                                f"image's own label; give --mixup_alpha 0 --cutmix_alpha 0"),
-        (args.label_smoothing, f"--label_smoothing: {method}'s loss is defined on the hard labels; give "
-                               f"--label_smoothing 0"),
-        (args.compile, f"--compile compiles the network's forward, which {method}'s training step does not call"),
-    ]
-    for refused, why in refusals:
-        if refused:
-            parser.error(f'--noise_method {method}: {why}')
+    if model.two_branch:
+        parser.error(f"--noise_method {method}: {args.model}'s two-branch training is a loss of its own, which "
+                     f"{method}'s loss would replace")
+    if method == 'eac' and not model.class_activation_maps:
+        parser.error(f'--noise_method eac needs class activation maps: a last feature map followed by global pooling '
+                     f'and a linear or convolutional head, and {args.model} has none')
+    # each needs the hard label of each image: flags that change the targets, and the auxiliary tower's logits
+    conflicting = [flag for flag in ('mixup_alpha', 'cutmix_alpha', 'label_smoothing', 'auxiliary')
+                   if getattr(args, flag, False)]
+    if conflicting:
+        settings = recipe_settings(args.recipe, args.dataset, method)
+        shown = [f'--{flag} {getattr(args, flag)}' + (f' (the {args.recipe} recipe\'s)' if flag in settings and
+                                                      settings[flag] == getattr(args, flag) else '')
+                 for flag in conflicting]
+        parser.error(f"--noise_method {method}: its loss is defined on each image's own hard label and the network's "
+                     f"features and head, which {', '.join(shown)} would change; give "
+                     + ' '.join(f'--{flag} 0' if flag != 'auxiliary' else 'no --auxiliary' for flag in conflicting))
 
 
 if __name__ == '__main__':
@@ -214,12 +215,12 @@ import functools  # noqa: E402
 import math  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.optim.swa_utils import AveragedModel, update_bn  # noqa: E402
 
 import data_loader  # noqa: E402
 import noise  # noqa: E402
+import training_step  # noqa: E402
 import utils  # noqa: E402
 import visualize  # noqa: E402
 from augment import Augmentation, BatchMixer  # noqa: E402
@@ -234,23 +235,19 @@ def main(args, log):
     genotype = run_genotype(run, args, log)
     recipe = log_recipe(args, log)
     data = data_loader.load_from_args(args, log)
+    run.check_label_file(data.train)
     loaders = training_loaders(data, args, run, log)
     num_classes = len(loaders.class_names)
 
     model, stats = build_model(args, run, genotype, num_classes, log)
-    optimizer = make_optimizer(noise.parameter_groups(model, args), args)
+    method = training_method(args, loaders, num_classes)
+    optimizer = make_optimizer(method.parameter_groups(model), args)
     scheduler = make_scheduler(optimizer, args)
     amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    update = utils.WeightUpdate(list(model.parameters()), optimizer, scaler, args.grad_clip, amp_dtype)
-    # --noise_method's steps are refused with --compile (check_noise_args)
-    compile_step = args.compile and utils.can_compile_step(run, use_scaler, log)
-    forward_model = training_forward(model, args, run, loaders, log, training=not compile_step)
-    method = noise.Method(args, model, loaders.train.labels, loaders.clean_labels, loaders.augmentation)
-    mixer = None
-    if args.mixup_alpha or args.cutmix_alpha:
-        mixer = BatchMixer(num_classes, args.mixup_alpha, args.cutmix_alpha, args.mix_switch_prob,
-                           args.label_smoothing, args.seed)
+    update = training_step.WeightUpdate(list(model.parameters()), optimizer, scaler, args.grad_clip, amp_dtype)
+    compile_step = args.compile and training_step.can_compile_step(run, use_scaler, log)
+    forward_model, step_model = training_forward(model, method, args, run, loaders, log, compile_step)
     swa_model = AveragedModel(model) if args.swa_start is not None else None
     selection = Selection(has_validation=loaders.val is not None, log=log)
 
@@ -258,51 +255,34 @@ def main(args, log):
     stateful = {'model': model, 'optimizer': optimizer, 'scheduler': scheduler, 'scaler': scaler}
     if swa_model is not None:
         stateful['swa_model'] = swa_model
-    if args.noise_method == 'scn':  # its relabelled training labels
+    if method.saves_state:  # SCN's relabelled training labels
         stateful['noise'] = method
     start_epoch, selection.best = run.restore(stateful, selection.best)
-    weight_step = functools.partial(train_step, model if compile_step else forward_model, update,
-                                    label_smoothing=args.label_smoothing, auxiliary_weight=args.auxiliary_weight)
+    weight_step = functools.partial(training_step.weight_step, step_model, update, loss=method.loss)
     if compile_step:  # after the restore: the compiled step updates the restored optimizer state in place
         update.functional = True
-        weight_step = utils.CompiledStep(weight_step, [optimizer], device, log)
+        weight_step = training_step.CompiledStep(weight_step, [optimizer], device, log)
     report = Report(run, model, swa_model, loaders.class_names, genotype, recipe, stats)
     for epoch in range(start_epoch, args.epochs):
         lr = float(optimizer.param_groups[0]['lr'])
-        alpha = cumulative_alpha(epoch, args.epochs)
-        log(f'epoch {epoch} lr {lr:e}' + (f' alpha {alpha:f}' if loaders.reversed is not None else ''))
+        log(f'epoch {epoch} lr {lr:e}' + (f' alpha {cumulative_alpha(epoch, args.epochs):f}'
+                                          if loaders.reversed is not None else ''))
         if hasattr(noise.base_network(model), 'drop_path_prob'):
             noise.base_network(model).drop_path_prob.fill_(args.drop_path_prob * epoch / args.epochs)
         forward_model.train()
         loaders.train.set_epoch(epoch)
         method.set_epoch(epoch)
-        second_batches = None
-        if loaders.reversed is not None:
-            loaders.reversed.set_epoch(epoch)
-            second_batches = iter(loaders.reversed)
-        if mixer is not None:
-            mixer.set_epoch(epoch)
-        # As a tensor, alpha is an input of a compiled graph, not a constant to specialise on anew every epoch.
-        alpha_input = torch.tensor(alpha, device=device)
 
         def step(x, y):
-            if args.noise_method != 'none':
-                return method.step(forward_model, update, x, y, loaders.train.batch_index)
-            second = next(second_batches) if second_batches is not None else None
-            logits, loss = weight_step(*training_batch(x, y, mixer, second, alpha_input))
-            method.record(loaders.train.batch_index, y, F.cross_entropy(logits, y, reduction='none'))
+            logits, loss, score = weight_step(*method.batch(x, y))
+            method.after_step(logits, y, score, loaders.train.batch_index)
             return logits, loss
 
         progress = utils.Progress(log, f'train {epoch}', loaders.train, args.report_freq, epoch, args.epochs)
         train_loss, train_matrix = utils.run_epoch(step, loaders.train, num_classes, progress)
         run.check_loss(train_loss, f'training epoch {epoch}')
         noisy = method.end_epoch()
-        last = utils.evaluation_metrics(forward_model, loaders.test, num_classes, amp_dtype, run,
-                                        f'testing after epoch {epoch}')
-        valid = None
-        if loaders.val is not None:
-            valid = utils.evaluation_metrics(forward_model, loaders.val, num_classes, amp_dtype, run,
-                                             f'validation after epoch {epoch}')
+        last, valid = evaluate_epoch(forward_model, loaders, num_classes, amp_dtype, run, epoch)
         if args.scheduler == 'plateau':
             scheduler.step(valid['loss'])
         else:
@@ -320,14 +300,37 @@ def main(args, log):
     report.summary(last, selection, swa)
 
 
+def training_method(args, loaders, num_classes):
+    """The --noise_method's training (noise.METHODS; none: cross-entropy with the recipe's Mixup/CutMix and
+    RLR-CNet's second batches)."""
+    mixer = None
+    if args.mixup_alpha or args.cutmix_alpha:
+        mixer = BatchMixer(num_classes, args.mixup_alpha, args.cutmix_alpha, args.mix_switch_prob,
+                           args.label_smoothing, args.seed)
+    return noise.method_class(args.noise_method)(args, loaders.train.labels, loaders.clean_labels,
+                                                 loaders.augmentation, mixer, loaders.reversed)
+
+
+def evaluate_epoch(forward_model, loaders, num_classes, amp_dtype, run, epoch):
+    """The test metrics after an epoch, and the validation metrics (None without a validation set)."""
+    last = utils.evaluation_metrics(forward_model, loaders.test, num_classes, amp_dtype, run,
+                                    f'testing after epoch {epoch}')
+    valid = None
+    if loaders.val is not None:
+        valid = utils.evaluation_metrics(forward_model, loaders.val, num_classes, amp_dtype, run,
+                                         f'validation after epoch {epoch}')
+    return last, valid
+
+
 def build_model(args, run, genotype, num_classes, log):
     """The network to train, with the heads of --noise_method (SCN's, RUL's), on the run's device; and its
     statistics."""
     model = create_model(args.model, num_classes, **model_options(args, genotype))
     if args.pretrained and run.checkpoint is None:  # a resumed run's weights come from its checkpoint
         load_pretrained(model, args.model, args.pretrained, log)
-    model = noise.inference_network(model, args).to(run.device)
-    stats = network_statistics(model, args.image_size, run.device)
+    model = noise.network_with_heads(model, args).to(run.device)
+    unused = noise.method_class(args.noise_method).unused_parameters(model, args.image_size)
+    stats = network_statistics(model, args.image_size, run.device, unused)
     log(f'param size = {stats["params_without_auxiliary"] / 1e6:f}M ({stats["weights"] / 1e6:f}M convolution and '
         f'linear weights), FLOPs = {stats["flops"] / 1e6:.2f}M ({stats["macs"] / 1e6:.2f}M multiply-adds) at '
         f'{args.image_size}x{args.image_size}, model size = {stats["model_size_mb"]:.2f}MB')
@@ -336,24 +339,27 @@ def build_model(args, run, genotype, num_classes, log):
     return model, stats
 
 
-def training_forward(model, args, run, loaders, log, training=True):
-    """What a training step and the evaluation call: the model (compiled with --compile; its training graph too
-    unless training=False, where the whole step is compiled), or a --noise_method's forward of everything its loss
-    needs; under torchrun wrapped by DistributedDataParallel (for RUL allowing the network's own classifier, which
-    it does not use, to get no gradient)."""
+def training_forward(model, method, args, run, loaders, log, compile_step):
+    """(What the epoch's training and evaluation call, what a training step calls): the method's training forward
+    (noise.TrainingForward; in eval mode the model), over the model compiled by --compile (the forward only, where the
+    whole step is not compiled: then the evaluation's forward, and the training forward of cross-entropy, whose forward
+    is the model's); under torchrun wrapped by DistributedDataParallel (for RUL allowing the network's own
+    classifier, which it does not use, to get no gradient). A compiled step traces the plain module."""
     if run.world_size > 1 and args.noise_method == 'scn' and args.sampler != 'uniform':
         raise UserError(f'--noise_method scn under torchrun relabels each process\'s own samples, and --sampler '
                         f'{args.sampler} can give one sample to two processes; use --sampler uniform, or one process')
-    forward_model = model
-    if args.compile:
-        forward_model = utils.maybe_compile(model, next(iter(loaders.test))[0], log, training)
-    if args.noise_method != 'none':
-        forward_model = noise.TrainingForward(model, args.noise_method)
+    step_model = noise.TrainingForward(model, method)
+    if not args.compile:
+        compiled = model
+    else:
+        compiled = training_step.maybe_compile(model, next(iter(loaders.test))[0], log,
+                                               training=not compile_step and args.noise_method == 'none')
+    forward_model = noise.TrainingForward(compiled, method)
     if run.world_size > 1:
         device = run.device
         forward_model = DistributedDataParallel(forward_model, device_ids=[device.index] if device.type == 'cuda' else
                                                 None, find_unused_parameters=args.noise_method == 'rul')
-    return forward_model
+    return forward_model, step_model if compile_step else forward_model
 
 
 def run_genotype(run, args, log):
@@ -412,7 +418,7 @@ def training_loaders(data, args, run, log):
     loader_args = dict(device=run.device, image_size=args.image_size, seed=args.seed, rank=run.rank,
                        world_size=run.world_size, channels_last=args.channels_last)
     augmentation = Augmentation(args.flip_noise, args.erasing, args.mask_fill)
-    batch_augmentation = noise.loader_augmentation(args, augmentation)
+    batch_augmentation = noise.method_class(args.noise_method).loader_augmentation(augmentation)
     train_loader = data_loader.DeviceLoader(train_set.images, train_set.labels, args.batch_size,
                                             augment=batch_augmentation, shuffle=True, drop_last=True,
                                             sampler=args.sampler, **loader_args)
@@ -486,45 +492,6 @@ def make_scheduler(optimizer, args):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def training_batch(x, y, mixer=None, second=None, alpha_input=None):
-    """A training step's network inputs and targets, for training_loss: the batch and its labels; its Mixup/CutMix
-    and their soft targets; or, given `second` (a reversed-sampler batch), RLR-CNet's two batches with alpha (a
-    tensor on the device, the network's input too) and both batches' labels."""
-    if second is not None:
-        x2, y2 = second
-        return (x, x2, alpha_input), (y, y2, alpha_input)
-    if mixer is not None:
-        x, targets = mixer(x, y)
-        return (x,), (targets,)
-    return (x,), (y,)
-
-
-def training_loss(logits, targets, label_smoothing):
-    """The loss of a training step on training_batch's targets: cross-entropy with the labels (label smoothing
-    included; Mixup/CutMix's soft targets hold their own), or RLR-CNet's cumulative two-branch loss
-    alpha CE(z, y) + (1 - alpha) CE(z, y2), z the logits of both batches."""
-    if len(targets) == 3:
-        y, y2, alpha = targets
-        return (alpha * F.cross_entropy(logits, y, label_smoothing=label_smoothing) +
-                (1 - alpha) * F.cross_entropy(logits, y2, label_smoothing=label_smoothing))
-    target, = targets
-    return F.cross_entropy(logits, target, label_smoothing=label_smoothing if target.dim() == 1 else 0.0)
-
-
-def train_step(model, update, inputs, targets, label_smoothing=0.0, auxiliary_weight=0.4):
-    """One weight step on model(*inputs) against training_batch's targets, with the auxiliary head's loss where the
-    network has one. Returns detached logits and loss."""
-    update.zero_grad()
-    with utils.autocast(inputs[0].device, update.amp_dtype):
-        output = model(*inputs)
-        logits, logits_aux = output if isinstance(output, tuple) else (output, None)
-        loss = training_loss(logits.float(), targets, label_smoothing)
-        if logits_aux is not None:
-            loss = loss + auxiliary_weight * training_loss(logits_aux.float(), targets, label_smoothing)
-    update.apply(loss)
-    return logits.detach(), loss.detach()
-
-
 NOT_YET = {'epoch': -1, 'accuracy': -1.0}  # a selection record before any epoch
 SUMMARY = ('accuracy', 'balanced_accuracy', 'f1', 'loss')  # the validation figures a selection record keeps
 LAST_SUMMARY = ('epoch', 'accuracy', 'balanced_accuracy', 'f1')
@@ -547,8 +514,11 @@ class Selection:
         if 'test_selected' not in self.best:  # a run started before validation selection recorded one record
             self.best = {'test_selected': self.best, 'val_selected': NOT_YET}
         last['epoch'] = epoch
-        recent = self.best.get('recent', [])  # in the checkpoint's record, so a resumed run goes on with it
-        self.best['recent'] = recent[-(LAST_EPOCHS - 1):] + [{key: last[key] for key in LAST_SUMMARY}]
+        if 'recent' in self.best:  # the name of a run started before it was called so
+            self.best['last_epochs'] = self.best.pop('recent')
+        # the last LAST_EPOCHS epochs' test figures, in the checkpoint's record, so a resumed run goes on with them
+        window = self.best.get('last_epochs', [])
+        self.best['last_epochs'] = window[-(LAST_EPOCHS - 1):] + [{key: last[key] for key in LAST_SUMMARY}]
         if last['accuracy'] > self.best['test_selected']['accuracy']:
             self.best['test_selected'] = dict(last)
         if valid is not None and valid['accuracy'] > self.best['val_selected'].get('val_accuracy', -1.0):
@@ -556,12 +526,12 @@ class Selection:
 
     def records(self):
         """metrics.json's selection records."""
-        recent = self.best.get('recent', [])
-        last5 = {'epoch': recent[-1]['epoch'], 'epochs': len(recent),
-                 **{key: sum(r[key] for r in recent) / len(recent) for key in LAST_SUMMARY if key != 'epoch'}}
+        window = self.best.get('last_epochs', self.best.get('recent', []))
+        last5 = {'epoch': window[-1]['epoch'], 'epochs': len(window),
+                 **{key: sum(r[key] for r in window) / len(window) for key in LAST_SUMMARY if key != 'epoch'}}
         return {'best_pt': self.best_pt, 'test_selected': self.best['test_selected'],
                 **({'val_selected': self.best['val_selected']} if self.best_pt == 'val_selected' else {}),
-                **({'last5_mean': last5} if recent else {})}
+                **({'last5_mean': last5} if window else {})}
 
 
 class Report:
@@ -575,7 +545,7 @@ class Report:
         self.writer = utils.tensorboard_writer(run)
 
     def epoch(self, epoch, lr, train_loss, train, last, valid, selection, swa, noisy=None):
-        """noisy: the --noise_method's record of the epoch (noise.Method.end_epoch)."""
+        """noisy: the --noise_method's record of the epoch (noise.CrossEntropy.end_epoch)."""
         run, log, best = self.run, self.run.log, selection.best
         log(f'train_acc {train["accuracy"]:f}, train_balanced_acc {train["balanced_accuracy"]:f}, '
             f'train_f1 {train["f1"]:f}')
@@ -644,7 +614,7 @@ class Report:
 
 
 def noise_line(noisy):
-    """The log line of a --noise_method's epoch record (noise.Method.end_epoch)."""
+    """The log line of a --noise_method's epoch record (noise.CrossEntropy.end_epoch)."""
     parts = []
     if 'auroc' in noisy:
         auroc = 'undefined (no flipped label)' if noisy['auroc'] is None else f'{noisy["auroc"]:.4f}'
@@ -677,13 +647,14 @@ def finish_swa(swa_model, loaders, num_classes, amp_dtype, run, log):
     return swa
 
 
-def network_statistics(model, image_size, device):
-    """Parameters (with and without the auxiliary head, which inference does not use), convolution and linear
+def network_statistics(model, image_size, device, unused=()):
+    """Parameters (with and without the auxiliary head, which inference does not use; neither counting `unused`, the
+    parameters training never uses, such as the network's own classifier under RUL's), convolution and linear
     weights, FLOPs and multiply-adds of one image, size in MB."""
     auxiliary = list(getattr(model, 'auxiliary_head', torch.nn.Identity()).parameters())
-    stats = {'params': utils.count_parameters(model),
-             'params_without_auxiliary': utils.count_parameters(model, auxiliary),
-             'weights': utils.count_weights(model, auxiliary),
+    stats = {'params': utils.count_parameters(model, unused),
+             'params_without_auxiliary': utils.count_parameters(model, [*auxiliary, *unused]),
+             'weights': utils.count_weights(model, [*auxiliary, *unused]),
              'flops': utils.count_flops(model, image_size, device)}
     stats['macs'] = stats['flops'] // 2
     stats['model_size_mb'] = utils.megabytes(stats['params_without_auxiliary'])

@@ -67,6 +67,7 @@ import data_loader  # noqa: E402
 import model_search_ran_softmax_sigmoid  # noqa: E402
 import model_search_softmax_sigmoid  # noqa: E402
 import run_folder  # noqa: E402
+import training_step  # noqa: E402
 import utils  # noqa: E402
 import visualize  # noqa: E402
 from architect import Architect  # noqa: E402
@@ -81,29 +82,24 @@ def main(args, log):
         return
     args, device = run.args, run.device
     data = data_loader.load_from_args(args, log)
+    run.check_label_file(data.train)
     num_classes = len(data.train.class_names)
     train_loader, arch_loader, arch_eval_loader = search_loaders(data, args, run, log)
 
-    model = SUPERNETS[args.sampling](args.init_channels, num_classes, args.layers, image_size=args.image_size,
-                                     **genotypes.supernet_settings(args)).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    log(f'supernet of --method {args.method}: {args.op_weights} op weights, '
-        f'{"softmax edge weights" if args.edge_weights else "no edge weights"}, k={args.k}'
-        f'{f" ({args.sampling} sampling)" if args.k > 1 else ""}, {len(model.primitives)} candidate operations '
-        f'({", ".join(model.primitives)}), {args.layers} cells: '
-        f'{utils.count_parameters(model, model.arch_parameters()) / 1e6:.6f}M weight parameters')
+    model = build_supernet(args, num_classes, device, log)
     optimizer = torch.optim.SGD(model.weight_parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
     amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     grad_sync = utils.all_reduce_ if run.world_size > 1 else None
-    update = utils.WeightUpdate(model.weight_parameters(), optimizer, scaler, args.grad_clip, amp_dtype, grad_sync)
-    compile_step = args.compile and utils.can_compile_step(run, use_scaler, log)
+    update = training_step.WeightUpdate(model.weight_parameters(), optimizer, scaler, args.grad_clip, amp_dtype,
+                                        grad_sync)
+    compile_step = args.compile and training_step.can_compile_step(run, use_scaler, log)
     forward_model = model
     if args.compile:  # the evaluation's forward; and the training forward where the whole step is not compiled
-        forward_model = utils.maybe_compile(model, next(iter(arch_eval_loader))[0], log, training=not compile_step)
+        forward_model = training_step.maybe_compile(model, next(iter(arch_eval_loader))[0], log,
+                                                    training=not compile_step)
     step_model = model if compile_step else forward_model  # a compiled step traces the plain module
     architect = Architect(step_model, optimizer, args.arch_learning_rate, args.arch_weight_decay, grad_sync)
 
@@ -122,7 +118,7 @@ def main(args, log):
     if compile_step:  # after the restore: the compiled step updates the restored optimizer state in place
         update.functional = True
         warmup_step, architecture_and_weight_step = (
-            utils.CompiledStep(fn, [optimizer, architect.optimizer], device, log)
+            training_step.CompiledStep(fn, [optimizer, architect.optimizer], device, log)
             for fn in (warmup_step, architecture_and_weight_step))
     writer = utils.tensorboard_writer(run)
     for epoch in range(start_epoch, args.epochs):
@@ -159,6 +155,20 @@ def main(args, log):
     if run.is_main:
         log(f'genotype written to {run.path(run_folder.GENOTYPE)}; train it with: '
             f'python train.py --genotype_file {run.folder} {cli.data_flags(args)}')
+
+
+def build_supernet(args, num_classes, device, log):
+    """The supernet of --method on the device, as its log line describes it."""
+    model = SUPERNETS[args.sampling](args.init_channels, num_classes, args.layers, image_size=args.image_size,
+                                     **genotypes.supernet_settings(args)).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    log(f'supernet of --method {args.method}: {args.op_weights} op weights, '
+        f'{"softmax edge weights" if args.edge_weights else "no edge weights"}, k={args.k}'
+        f'{f" ({args.sampling} sampling)" if args.k > 1 else ""}, {len(model.primitives)} candidate operations '
+        f'({", ".join(model.primitives)}), {args.layers} cells: '
+        f'{utils.count_parameters(model, model.arch_parameters()) / 1e6:.6f}M weight parameters')
+    return model
 
 
 def search_loaders(data, args, run, log):
@@ -213,15 +223,16 @@ def search_step(model, architect, update, batch, arch_batch, unrolled):
 
 
 def weight_step(model, update, batch):
-    """A weight step on `batch`, the architecture fixed (alone: a warm-up step); returns the detached logits and
-    loss."""
+    """A weight step on `batch`, the architecture fixed (alone: a warm-up step); the backward goes to the weights
+    only, the architecture gradients are not needed here. Returns the detached logits and loss."""
     x, y = batch
-    update.zero_grad()
-    with utils.autocast(x.device, update.amp_dtype):
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-    update.apply(loss)  # backward to the weights only: the architecture gradients are not needed here
-    return logits.detach(), loss.detach()
+    logits, loss, _ = training_step.weight_step(model, update, (x,), (y,), cross_entropy)
+    return logits, loss
+
+
+def cross_entropy(logits, y):
+    """The search's loss, as training_step.weight_step takes it: (loss, logits, no per-sample score)."""
+    return F.cross_entropy(logits.float(), y), logits, None
 
 
 def report_epoch(log, writer, run, model, epoch, lr, train_loss, train_metrics, arch_eval, best, searching, genotype):

@@ -146,6 +146,52 @@ def test_pretrained_weights_load_from_a_folder_of_torchvision_files(tmp_path):
         baselines.load_pretrained(net, 'fgw_fer', str(tmp_path))
 
 
+
+def older_torchvision_file(network):
+    """A state dict as torchvision saved it before torch 0.4.1: no BatchNorm num_batches_tracked."""
+    return {k: v for k, v in network.state_dict().items() if not k.endswith('num_batches_tracked')}
+
+
+def test_pretrained_files_without_num_batches_tracked_load_and_other_missing_keys_are_named(tmp_path):
+    import torchvision
+    face, imagenet = torchvision.models.resnet18(num_classes=8631), torchvision.models.resnet18()
+    torch.save({'state_dict': older_torchvision_file(face)}, tmp_path / 'resnet18_msceleb.pth')
+    folder = tmp_path / 'imagenet'
+    folder.mkdir()
+    torch.save(older_torchvision_file(imagenet), folder / baselines.pretrained_file_names('resnet18')[0])
+    for source, expected in ((tmp_path / 'resnet18_msceleb.pth', face), (folder, imagenet)):
+        net = baselines.create_model('resnet18', 7)
+        baselines.load_pretrained(net, 'resnet18', str(source), lambda line: None)
+        assert torch.equal(net.layer4[1].conv2.weight, expected.layer4[1].conv2.weight), source
+    state = older_torchvision_file(face)
+    del state['layer1.0.bn1.running_mean']
+    torch.save(state, tmp_path / 'other.pth')
+    with pytest.raises(UserError, match=r'\(1 missing or of another shape, e.g. layer1.0.bn1.running_mean: a '):
+        baselines.load_pretrained(baselines.create_model('resnet18', 7), 'resnet18', str(tmp_path / 'other.pth'))
+
+
+def test_a_weights_file_holding_objects_is_refused_without_advice_to_run_its_code(tmp_path):
+    import argparse
+
+    import run_folder
+    net = baselines.create_model('resnet18', 7)
+    path = tmp_path / 'resnet18_msceleb.pth'
+    torch.save({'state_dict': net.state_dict(), 'args': argparse.Namespace(lr=0.1)}, path)  # as many repositories do
+    for load in (lambda: baselines.load_pretrained(net, 'resnet18', str(path)),  # --pretrained
+                 lambda: run_folder.load_file(str(path), 'cannot resume: ')):  # --resume, predict.py
+        with pytest.raises(UserError) as refused:
+            load()
+        message = str(refused.value)
+        assert str(path) in message and '(argparse.Namespace), which cannot be loaded safely' in message
+        assert 'torch.save(model.state_dict(), path)' in message
+        assert 'weights_only' not in message and 'can still be loaded' not in message  # torch's advice, cut
+    path.write_text('notes about the run\n')  # not of torch.save: torch's message for it gives the same advice
+    with pytest.raises(UserError) as refused:
+        run_folder.load_file(str(path))
+    assert 'is not a readable checkpoint or weights file (UnpicklingError: Unsupported operand' in str(refused.value)
+    assert 'weights_only' not in str(refused.value)
+
+
 def test_benchmark_measures_one_network_alone(tmp_path):
     args = benchmark.parser.parse_args(['--device', 'cpu', '--model', 'rlr_cnet', '--skip_search', '--batch_size', '2',
                                         '--image_size', '16', '--steps', '1', '--repeats', '1',

@@ -1,4 +1,4 @@
-"""--compile's whole-step compilation (utils.CompiledStep): one graph without a break, one compilation per step and
+"""--compile's whole-step compilation (training_step.CompiledStep): one graph without a break, one compilation per step and
 input shape, the eager step's numbers, nothing read back to the host, an exact resume.
 
 The graphs are captured as on a GPU (Dynamo, then AOT autograd's forward-backward graph) but run by the 'aot_eager'
@@ -14,13 +14,17 @@ import torch._dynamo
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.utils import counters
 
+import augment
+import baselines
 import cli
 import genotypes
 import model
 import model_search_ran_softmax_sigmoid as random_search
 import model_search_softmax_sigmoid as sequential_search
+import noise
 import train
 import train_search
+import training_step
 import utils
 from architect import Architect
 from conftest import make_run
@@ -36,7 +40,7 @@ METHOD_SUPERNETS = ([pytest.param(sequential_search.Network, method, id=f'sequen
 @pytest.fixture(autouse=True)
 def fresh_compiler(monkeypatch):
     """Dynamo's caches and counters emptied, as in a new process; its settings restored afterwards."""
-    monkeypatch.setattr(utils, 'COMPILE_BACKEND', 'aot_eager')
+    monkeypatch.setattr(training_step, 'COMPILE_BACKEND', 'aot_eager')
     torch._dynamo.reset()
     counters.clear()
     with torch._dynamo.config.patch(trace_autograd_ops=False):  # CompiledStep turns it on
@@ -62,13 +66,13 @@ def search_steps(cls, method, compiled, unrolled=False):
     optimizers after them."""
     net = supernet(cls, method)
     optimizer = torch.optim.SGD(net.weight_parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
-    update = utils.WeightUpdate(net.weight_parameters(), optimizer, torch.amp.GradScaler('cpu', enabled=False), 5.0)
+    update = training_step.WeightUpdate(net.weight_parameters(), optimizer, torch.amp.GradScaler('cpu', enabled=False), 5.0)
     architect = Architect(net, optimizer, 6e-4, 1e-3)
     warmup = functools.partial(train_search.weight_step, net, update)
     search = functools.partial(train_search.search_step, net, architect, update, unrolled=unrolled)
     if compiled:
         update.functional = True
-        warmup, search = (utils.CompiledStep(fn, [optimizer, architect.optimizer], torch.device('cpu'), print)
+        warmup, search = (training_step.CompiledStep(fn, [optimizer, architect.optimizer], torch.device('cpu'), print)
                           for fn in (warmup, search))
     generator = torch.Generator().manual_seed(1)
     batches = [(torch.randn(4, 3, 16, 16, generator=generator), torch.randint(0, 7, (4,), generator=generator))
@@ -76,9 +80,7 @@ def search_steps(cls, method, compiled, unrolled=False):
     torch.manual_seed(5)  # the same channel permutations in both
     for epoch, lr in enumerate([0.025, 0.02]):  # a schedule changes the learning rate: no recompilation
         for group in optimizer.param_groups:
-            group['lr'] = torch.tensor(lr) if compiled else lr
-            if compiled:
-                group['lr'].fill_(lr)
+            group['lr'] = lr
         warmup(batches[epoch])
         search(batches[2 + 2 * epoch], batches[3 + 2 * epoch])
     return net, optimizer, architect.optimizer
@@ -110,7 +112,7 @@ def assert_nothing_read_back(graph):
                                                                 id='sequential-gla_fernet-unrolled')])
 def test_compiled_search_step_is_one_graph_and_computes_the_eager_step(cls, method, unrolled):
     captured = []
-    utils.COMPILE_BACKEND = capturing_backend(captured)  # undone by fresh_compiler
+    training_step.COMPILE_BACKEND = capturing_backend(captured)  # undone by fresh_compiler
     net, optimizer, arch_optimizer = search_steps(cls, method, compiled=True, unrolled=unrolled)
     assert graphs() == (2, 0)  # the warm-up step and the search step, each compiled once, unbroken
     for graph in captured:
@@ -161,36 +163,129 @@ def test_compiled_search_resumes_exactly_without_a_graph_break_or_recompilation(
     assert records == json.load(open(os.path.join(full, 'architecture_weights.json')))
 
 
-def training_steps(compiled):
-    """Three training steps of a tiny GLA-FERNet network with its auxiliary head and drop-path (random, drawn inside
-    the graph), SGD with clipping and label smoothing, from the same start on the same batches."""
+TRAINING_NETWORKS = {'gla_fernet': lambda: model.Network(4, 7, 3, True, genotypes.GLA_FERNet, image_size=16),
+                     'fgw_fer': lambda: baselines.create_model('fgw_fer', 7)}
+
+
+def training_steps(compiled, method='none', network='gla_fernet', optimizer_name='sgd', epochs=3, learning_rate=None):
+    """A tiny network trained `epochs` epochs of 2 steps from the same start on the same batches: GLA-FERNet with its
+    auxiliary head and drop-path (random, drawn inside the graph) and label smoothing, or FGW-FER under a label-noise
+    method; a real schedule changes the learning rate after each epoch; the clipping engages (max norm 0.5). Returns
+    the network, its optimizer and the first step's gradient norm before clipping."""
     torch.manual_seed(0)
-    net = model.Network(4, 7, 3, True, genotypes.GLA_FERNet, image_size=16)
-    net.drop_path_prob.fill_(0.2)
-    net.train()
-    optimizer = torch.optim.SGD(net.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
-    update = utils.WeightUpdate(list(net.parameters()), optimizer, torch.amp.GradScaler('cpu', enabled=False), 5.0)
-    step = functools.partial(train.train_step, net, update, label_smoothing=0.1, auxiliary_weight=0.4)
+    net = TRAINING_NETWORKS[network]()
+    args = cli.parse(train.parser, train.check_args, argv=[
+        '--epochs', str(epochs), '--image_size', '16', '--noise_method', method, '--optimizer', optimizer_name,
+        '--learning_rate', str(learning_rate or (0.1 if method == 'none' else 0.01)),
+        *(['--label_smoothing', '0.1'] if method == 'none' else []),
+        *(['--model', network] if network != 'gla_fernet' else [])])
+    net = noise.network_with_heads(net, args)
+    if hasattr(net, 'drop_path_prob'):
+        net.drop_path_prob.fill_(0.2)
+    labels = torch.randint(0, 7, (16,), generator=torch.Generator().manual_seed(2))
+    method = noise.method_class(method)(args, labels.clone(), labels.clone(), augment.Augmentation())
+    optimizer = train.make_optimizer(method.parameter_groups(net), args)
+    scheduler = train.make_scheduler(optimizer, args)
+    update = training_step.WeightUpdate(list(net.parameters()), optimizer,
+                                        torch.amp.GradScaler('cpu', enabled=False), 0.5)
+    step = functools.partial(training_step.weight_step, noise.TrainingForward(net, method).train(), update,
+                             loss=method.loss)
     if compiled:
         update.functional = True
-        step = utils.CompiledStep(step, [optimizer], torch.device('cpu'), print)
+        step = training_step.CompiledStep(step, [optimizer], torch.device('cpu'), print)
     generator = torch.Generator().manual_seed(1)
     torch.manual_seed(5)
-    for _ in range(3):
-        x, y = torch.randn(4, 3, 16, 16, generator=generator), torch.randint(0, 7, (4,), generator=generator)
-        step(*train.training_batch(x, y))
-    return net
+    for epoch in range(epochs):
+        method.set_epoch(epoch)
+        for index in (torch.arange(8), torch.arange(8, 16)):
+            x = torch.randn(8, 3, 16, 16, generator=generator)
+            logits, _, score = step(*method.batch(x, labels[index]))
+            method.after_step(logits, labels[index], score, index)
+        scheduler.step()
+    return net, optimizer
+
+
+def assert_same_training_state(net, optimizer, eager, eager_optimizer, tolerance=1e-5):
+    """Parameters, buffers (BatchNorm statistics) and optimizer state (momentum, Adam's moments) within tolerance."""
+    for (name, p), q in zip(net.named_parameters(), eager.parameters()):
+        assert (p - q).abs().max() <= tolerance, name
+    for (name, buffer), eager_buffer in zip(net.named_buffers(), eager.buffers()):
+        assert (buffer.double() - eager_buffer.double()).abs().max() <= tolerance, name
+    for p, q in zip(net.parameters(), eager.parameters()):
+        for key, value in optimizer.state[p].items():  # made beforehand where eager makes none (no gradient): zeros
+            expected = eager_optimizer.state[q].get(key, torch.zeros_like(value)).double()
+            assert (value.double().cpu() - expected).abs().max() <= tolerance, key
+    assert [g['lr'] for g in optimizer.param_groups] == [g['lr'] for g in eager_optimizer.param_groups]
 
 
 def test_compiled_training_step_is_one_graph_and_computes_the_eager_step():
     captured = []
-    utils.COMPILE_BACKEND = capturing_backend(captured)
-    net = training_steps(compiled=True)
-    assert graphs() == (1, 0)
+    training_step.COMPILE_BACKEND = capturing_backend(captured)
+    net, optimizer = training_steps(compiled=True)
+    assert graphs() == (1, 0)  # across three learning rates of the schedule
     assert_nothing_read_back(captured[0])
-    eager = training_steps(compiled=False)
-    for (name, p), q in zip(net.named_parameters(), eager.parameters()):
-        assert (p - q).abs().max() <= 1e-5, name
+    eager, eager_optimizer = training_steps(compiled=False)
+    assert_same_training_state(net, optimizer, eager, eager_optimizer)
+
+
+def test_the_clipping_engages_in_the_compared_steps():
+    torch.manual_seed(0)
+    net = TRAINING_NETWORKS['gla_fernet']()
+    x, y = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.arange(8) % 7
+    logits, aux = net.train()(x)
+    loss = torch.nn.functional.cross_entropy(logits, y) + 0.4 * torch.nn.functional.cross_entropy(aux, y)
+    norm = torch.nn.utils.get_total_norm(torch.autograd.grad(loss, list(net.parameters()), allow_unused=True))
+    assert norm > 2 * 0.5  # training_steps clips at 0.5: it scales these gradients
+
+
+@pytest.mark.parametrize('method', ['scn', 'rul', 'eac', 'nla'])
+def test_every_noise_method_compiles_its_step_into_one_graph_with_the_eager_numbers(method):
+    # scn relabels from epoch 9 by default: the after-step record and relabelling run outside the graph either way
+    net, optimizer = training_steps(compiled=True, method=method, network='fgw_fer', epochs=2)
+    assert graphs() == (1, 0)
+    eager, eager_optimizer = training_steps(compiled=False, method=method, network='fgw_fer', epochs=2)
+    assert_same_training_state(net, optimizer, eager, eager_optimizer)
+
+
+def test_with_adam_only_parameters_of_rounding_level_gradients_differ():
+    """Adam divides each gradient by its running RMS, so a parameter whose exact gradient is zero (a convolution's bias
+    before a BatchNorm, which removes it) takes steps of up to the learning rate from rounding noise alone, in either
+    direction, differently in a compiled and an eager run (SGD scales that noise by the learning rate instead). Every
+    other parameter, and what the network computes, agree as with SGD."""
+    compiled, _ = training_steps(compiled=True, network='fgw_fer', optimizer_name='adam', epochs=2, learning_rate=1e-3)
+    eager, optimizer = training_steps(compiled=False, network='fgw_fer', optimizer_name='adam', epochs=2,
+                                      learning_rate=1e-3)
+    rounding_level = {id(q) for q in eager.parameters() if optimizer.state[q]['exp_avg_sq'].sqrt().max() <= 1e-6}
+    assert {n.rsplit('.', 1)[1] for n, q in eager.named_parameters() if id(q) in rounding_level} == {'bias'}
+    for (name, p), q in zip(compiled.named_parameters(), eager.parameters()):
+        assert (p - q).abs().max() <= (4 * 1e-3 if id(q) in rounding_level else 1e-5), name
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        assert (compiled.eval()(x) - eager.eval()(x)).abs().max() <= 1e-4
+
+
+def test_a_compiled_schedule_computes_its_learning_rates_in_float64_as_eager():
+    """Cosine and exponential schedules compute each epoch's rate from the previous one: the compiled step's float32
+    tensor is filled from the float64 value, never fed back into the schedule."""
+    results = []
+    for compiled in (True, False):
+        net = torch.nn.Linear(2, 1)
+        optimizer = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 300)
+        update = training_step.WeightUpdate(list(net.parameters()), optimizer,
+                                            torch.amp.GradScaler('cpu', enabled=False), 0.0, functional=compiled)
+        step = functools.partial(training_step.weight_step, net, update,
+                                 loss=lambda out, y: (((out - y) ** 2).mean(), out, None))
+        if compiled:
+            step = training_step.CompiledStep(step, [optimizer], torch.device('cpu'), print)
+        rates = []
+        for _ in range(300):
+            step((torch.ones(1, 2),), (torch.zeros(1, 1),))
+            scheduler.step()
+            rates.append(optimizer.param_groups[0]['lr'])
+        results.append(rates)
+    assert all(isinstance(rate, float) for rate in results[0]) and results[0] == results[1]
+    assert graphs() == (1, 0)
 
 
 def test_train_py_compiles_its_step_once(dataset, tmp_path):
@@ -214,13 +309,13 @@ def test_a_step_that_cannot_be_compiled_runs_eagerly_after_a_warning(monkeypatch
             raise RuntimeError('no compiler here\nmore lines')
         return compiled
     monkeypatch.setattr(torch, 'compile', failing_compile)
-    compiled_step = utils.CompiledStep(step, [], torch.device('cpu'), messages.append)
+    compiled_step = training_step.CompiledStep(step, [], torch.device('cpu'), messages.append)
     compiled_step(torch.ones(2))
     compiled_step(torch.ones(2))
     assert weight.tolist() == [2.0, 2.0]  # the failed compilation changed nothing; each call ran once, eagerly
     assert messages == ['warning: compiling the step failed (RuntimeError: no compiler here); running it eagerly']
 
-    monkeypatch.setattr(utils, 'configure_compiler', lambda: False)  # a torch without trace_autograd_ops
+    monkeypatch.setattr(training_step, 'configure_compiler', lambda: False)  # a torch without trace_autograd_ops
     messages.clear()
-    utils.CompiledStep(step, [], torch.device('cpu'), messages.append)(torch.ones(2))
+    training_step.CompiledStep(step, [], torch.device('cpu'), messages.append)(torch.ones(2))
     assert weight.tolist() == [3.0, 3.0] and 'cannot trace a backward into a graph' in messages[0]

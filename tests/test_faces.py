@@ -1,10 +1,15 @@
 """faces.py, predict.py --faces / --cam and align-faces on real photographs (tests/data/README.md): the detector finds
-the faces, alignment puts the landmarks on the template, every face and frame gets a row, class maps are what they
-claim, and bad input stops with one message."""
+the faces, alignment puts the landmarks on the template, every face and frame gets a row (batched frames as each
+alone), tracks and --smooth are what they claim, video frames are turned upright, class maps are what they claim, and
+bad input stops with one message before any work or is listed and skipped."""
 import csv
+import errno
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +24,12 @@ import formats
 import genotypes
 import predict
 import recipes
+import trained
 import utils
 from errors import UserError
 
 pytestmark = pytest.mark.usefixtures('one_thread')
+REPOSITORY = Path(__file__).parent.parent
 DATA = Path(__file__).parent / 'data'
 ASTRONAUT, TWO_FACES = DATA / 'astronaut.jpg', DATA / 'two_faces.jpg'
 needs_detector = pytest.mark.skipif(faces.detector_missing() is not None, reason=str(faces.detector_missing()))
@@ -150,6 +157,134 @@ def test_a_video_gives_a_row_per_frame_and_face_in_order(runs, tmp_path, monkeyp
     assert [(p['frame'], p['face']) for p in predictions] == [(f, i) for f in range(4) for i in range(2)]
 
 
+def drifting_frames(folder, count=4):
+    """A frame folder of the two faces drifting right, 3 pixels a frame."""
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(np.roll(photo(TWO_FACES), 3 * i, axis=1)).save(folder / f'frame_{i + 1}.png')
+    return folder
+
+
+def probabilities_by_face(path):
+    """{(frame, face): (track, {class: probability})} of a --faces JSON file written with --topk of every class."""
+    return {(p['frame'], p['face']): (p['track'], {t['class']: t['probability'] for t in p['top_k']})
+            for p in json.load(open(path))['predictions']}
+
+
+@needs_detector
+def test_frames_are_detected_and_classified_a_batch_at_a_time_as_each_alone(runs, tmp_path, monkeypatch):
+    """One MTCNN pass and one evaluation loader for the frames of a batch, not one per frame; the rows are those of the
+    frames taken one at a time (up to float32 rounding: a batched convolution sums in another order)."""
+    from facenet_pytorch import MTCNN
+    frames = drifting_frames(tmp_path / 'frames')
+    calls = {'detect': 0, 'loader': 0}
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return call
+    monkeypatch.setattr(MTCNN, 'detect', counted('detect', MTCNN.detect))
+    monkeypatch.setattr(faces.data_loader, 'evaluation_loader', counted('loader', faces.data_loader.evaluation_loader))
+    argv = [runs['fgw_fer'], '--faces', '--frames', str(frames), '--topk', '7']
+    predict_main([*argv, '--out', 'batched.json'], tmp_path, monkeypatch)
+    assert calls == {'detect': 1, 'loader': 1}
+    monkeypatch.setattr(faces, 'FRAMES_PER_BATCH', 1)
+    predict_main([*argv, '--out', 'alone.json'], tmp_path, monkeypatch)
+    assert calls == {'detect': 1 + 4, 'loader': 1 + 4}
+    batched, alone = (json.load(open(tmp_path / name))['predictions'] for name in ('batched.json', 'alone.json'))
+    assert len(batched) == 8
+    for a, b in zip(batched, alone):
+        assert (a['frame'], a['face'], a['track'], a['prediction']) == (b['frame'], b['face'], b['track'],
+                                                                      b['prediction'])
+        assert a['box'] == pytest.approx(b['box'], abs=0.1 + 1e-9)  # rounded to 0.1 pixel
+        assert a['score'] == pytest.approx(b['score'], abs=1e-5)
+        assert [t['probability'] for t in a['top_k']] == pytest.approx([t['probability'] for t in b['top_k']],
+                                                                        abs=1e-5)
+
+
+@needs_detector
+def test_smooth_is_an_exponential_moving_average_along_each_track(runs, tmp_path, monkeypatch):
+    frames = drifting_frames(tmp_path / 'frames')
+    argv = [runs['fgw_fer'], '--faces', '--frames', str(frames), '--topk', '7']
+    predict_main([*argv, '--out', 'raw.json'], tmp_path, monkeypatch)
+    predict_main([*argv, '--smooth', '3', '--out', 'smooth.json'], tmp_path, monkeypatch)
+    raw, smooth = probabilities_by_face(tmp_path / 'raw.json'), probabilities_by_face(tmp_path / 'smooth.json')
+    weight = 2 / (3 + 1)  # the newest frame's
+    expected, average = {}, {}
+    for (frame, face), (track, p) in sorted(raw.items()):
+        previous = average.get(track)
+        average[track] = p if previous is None else {c: weight * p[c] + (1 - weight) * previous[c] for c in p}
+        expected[frame, face] = track, average[track]
+    assert smooth.keys() == expected.keys()
+    for key, (track, p) in expected.items():
+        assert smooth[key][0] == track and smooth[key][1] == pytest.approx(p, abs=1e-6)
+    assert max(abs(smooth[key][1][c] - raw[key][1][c]) for key in raw for c in raw[key][1]) > 1e-6  # it smooths
+
+
+def test_two_faces_that_cross_paths_keep_their_tracks():
+    """Face 0 walks right, face 1 left, along one row; at frame 4 each box lies where the other's was: their last
+    boxes alone would swap the tracks, their motion keeps them."""
+    tracker = faces.Tracker()
+    for t in range(7):
+        right, left = (10 * t, 0, 10 * t + 40, 40), (70 - 10 * t, 0, 110 - 10 * t, 40)
+        assert tracker([right, left]) == [0, 1]
+
+
+@needs_detector
+@needs_av
+def test_a_video_without_frames_or_unreadable_gets_a_row_and_the_others_theirs(runs, tmp_path, monkeypatch):
+    with av.open(str(tmp_path / 'empty.avi'), 'w') as empty:  # a video stream, and no frame in it
+        stream = empty.add_stream('mpeg4', rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, 'yuv420p'
+        empty.start_encoding()
+    (tmp_path / 'broken.mp4').write_bytes(b'not a video at all')
+    predict_main([runs['fgw_fer'], '--faces', str(tmp_path / 'empty.avi'), str(tmp_path / 'broken.mp4'),
+                  str(TWO_FACES), '--out', 'rows.csv', '--annotate', 'annotated'], tmp_path, monkeypatch)
+    rows = read_csv(tmp_path / 'rows.csv')
+    assert [(Path(r['path']).name, r['face']) for r in rows] == [('empty.avi', ''), ('broken.mp4', ''),
+                                                                ('two_faces.jpg', '0'), ('two_faces.jpg', '1')]
+    assert rows[0]['error'].startswith(f'video {tmp_path / "empty.avi"} has no frames')
+    assert 'cannot be read' in rows[1]['error']
+    assert os.listdir(tmp_path / 'annotated') == ['two_faces.jpg']  # no video without a video stream
+
+
+@needs_detector
+def test_a_photo_smaller_than_min_face_gets_the_no_face_row(runs, tmp_path, monkeypatch):
+    Image.fromarray(photo(ASTRONAUT)[80:92, 100:116]).save(tmp_path / 'tiny.png')  # 16x12, under --min_face 20
+    predict_main([runs['fgw_fer'], '--faces', str(tmp_path / 'tiny.png'), str(TWO_FACES), '--out', 'rows.csv'],
+                 tmp_path, monkeypatch)
+    rows = read_csv(tmp_path / 'rows.csv')
+    assert [(Path(r['path']).name, r['face']) for r in rows] == [('tiny.png', ''), ('two_faces.jpg', '0'),
+                                                                ('two_faces.jpg', '1')]
+    assert rows[0]['error'].startswith('no face found (none of at least 20 pixels')
+    predict_main([runs['fgw_fer'], '--faces', str(TWO_FACES), '--min_face', '300', '--out', 'large.csv'], tmp_path,
+                 monkeypatch)  # the photo is 474x256
+    row, = read_csv(tmp_path / 'large.csv')
+    assert row['error'].startswith('no face found (none of at least 300 pixels')
+
+
+@needs_av
+def test_video_frames_are_turned_upright_by_the_streams_rotation(tmp_path):
+    """A phone stores a portrait video sideways, with a display matrix saying how to turn it (as a photo's EXIF
+    orientation): the frames come out as the phone was held."""
+    upright = np.zeros((64, 32, 3), dtype=np.uint8)  # portrait
+    upright[:16, :16] = 255  # a white block at the top left
+    stored = np.ascontiguousarray(np.rot90(upright, k=-1))  # landscape: the picture turned clockwise
+    with av.open(str(tmp_path / 'portrait.mp4'), 'w') as video:
+        stream = video.add_stream('mpeg4', rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, 'yuv420p'
+        if not hasattr(stream, 'set_display_rotation'):
+            pytest.skip(f'this PyAV ({av.__version__}) cannot write a display matrix')
+        stream.set_display_rotation(90)  # to be shown turned 90 degrees counter-clockwise
+        for _ in range(2):
+            video.mux(stream.encode(av.VideoFrame.from_ndarray(stored, format='rgb24')))
+        video.mux(stream.encode(None))
+    frames = [image for _, _, image in faces.video_frames(tmp_path / 'portrait.mp4')]
+    assert len(frames) == 2 and all(frame.shape == upright.shape for frame in frames)
+    assert np.abs(frames[0].astype(int) - upright).mean() < 8  # a lossy codec: about equal
+
+
 # ---------------------------------------------------------------- where the network looks
 
 def tiny_network(name):
@@ -178,14 +313,14 @@ def test_a_cam_averages_to_the_class_logit_less_its_bias_and_grad_cam_agrees(nam
     network = tiny_network(name)
     x = torch.randn(2, 3, 32, 32)
     classes = torch.tensor([1, 4])
-    maps, method = predict.activation_maps(network, x, classes)
+    maps, method = trained.activation_maps(network, x, classes)
     with torch.no_grad():
         features = network.forward_features(x)
         logits = network.forward_head(features)
         bias = network.forward_head(torch.zeros_like(features))  # a linear head after pooling gives its bias on 0
     assert method == 'CAM'
     torch.testing.assert_close(maps.mean((1, 2)), (logits - bias)[[0, 1], classes], rtol=1e-4, atol=1e-5)
-    grad_cam, method = predict.activation_maps(WithoutCAM(network), x, classes)
+    grad_cam, method = trained.activation_maps(WithoutCAM(network), x, classes)
     assert method == 'Grad-CAM' and torch.isfinite(grad_cam).all()
     if not isinstance(network, baselines.FGWFER):  # its 3x3 convolution to the classes sees the padding at the edges
         # For pooling then a linear map, the gradient is the class weights over the map's area: ReLU(CAM) / area.
@@ -194,7 +329,7 @@ def test_a_cam_averages_to_the_class_logit_less_its_bias_and_grad_cam_agrees(nam
 
 def test_grad_cam_runs_on_a_network_without_a_cam():
     """CoRes-SE's features are pooled (a 1x1 map: docs/baselines.md), so its map is one non-negative value."""
-    maps, method = predict.activation_maps(tiny_network('cores_se'), torch.randn(2, 3, 32, 32), torch.tensor([0, 6]))
+    maps, method = trained.activation_maps(tiny_network('cores_se'), torch.randn(2, 3, 32, 32), torch.tensor([0, 6]))
     assert method == 'Grad-CAM' and maps.shape == (2, 1, 1) and torch.isfinite(maps).all() and (maps >= 0).all()
 
 
@@ -225,6 +360,59 @@ def test_align_faces_turns_ckplus_photos_into_a_class_folder_dataset_and_lists_t
     assert listing.all_subjects == ['S005'] and len(listing.paths) == 5
 
 
+def photo_dataset(root, corrupt=False):
+    """A class-folder dataset of one photo (and a corrupt one)."""
+    (root / 'happy').mkdir(parents=True)
+    shutil.copy(ASTRONAUT, root / 'happy' / 'S1_a.jpg')
+    if corrupt:
+        (root / 'happy' / 'S1_b.jpg').write_bytes(b'\xff\xd8\xff\xe0 not a jpeg')
+    return root
+
+
+@needs_detector
+def test_align_faces_lists_and_skips_a_corrupt_photo(tmp_path, capsys):
+    data = photo_dataset(tmp_path / 'photos', corrupt=True)
+    out = tmp_path / 'aligned'
+    dataset_tools.main(['align-faces', '--data', str(data), '--out', str(out)])
+    assert [str(p.relative_to(out)) for p in out.rglob('*.png')] == [os.path.join('happy', 'S1_a.png')]
+    assert (out / 'unreadable.txt').read_text().splitlines()[1:] == [str(data / 'happy' / 'S1_b.jpg')]
+    printed = capsys.readouterr().out
+    assert f'skipped: image {data / "happy" / "S1_b.jpg"} is corrupt or truncated' in printed
+    assert '1 unreadable images were skipped' in printed
+
+
+@needs_detector
+def test_align_faces_removes_the_temporary_folder_a_killed_run_left(tmp_path):
+    data = photo_dataset(tmp_path / 'photos')
+    out = tmp_path / 'aligned'
+    killed = ('import os, signal, sys, run_folder\n'
+              'build = run_folder.atomic_folder(sys.argv[1])\n'
+              'tmp = build.__enter__()\n'
+              "open(os.path.join(tmp, 'half.png'), 'w').close()\n"
+              'os.kill(os.getpid(), signal.SIGKILL)\n')  # as a kill during the build: no clean-up runs
+    result = subprocess.run([sys.executable, '-c', killed, str(out)], cwd=REPOSITORY, timeout=120)
+    assert result.returncode == -signal.SIGKILL
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith('.aligned.')]) == 1
+    dataset_tools.main(['align-faces', '--data', str(data), '--out', str(out)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['aligned', 'photos']
+
+
+@pytest.mark.parametrize('flag, value, message', [('--face_threshold', '0', 'must lie in (0, 1]'),
+                                                  ('--face_threshold', '1.5', 'must lie in (0, 1]'),
+                                                  ('--min_face', '0', 'must be a positive integer')])
+def test_align_faces_refuses_detector_settings_out_of_range(flag, value, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        dataset_tools.main(['align-faces', '--data', str(tmp_path), '--out', str(tmp_path / 'out'), flag, value])
+    assert f'argument {flag}: {message}, got {value}' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict.parse(['run', 'face.jpg', '--faces', flag, value])
+    assert f'argument {flag}: {message}, got {value}' in capsys.readouterr().err
+
+
+def test_a_face_threshold_of_1_is_legal():
+    assert predict.parse(['run', 'face.jpg', '--faces', '--face_threshold', '1']).face_threshold == 1.0
+
+
 # ---------------------------------------------------------------- bad input
 
 @needs_av
@@ -249,7 +437,57 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(flag, tmp_pa
     assert f'argument {flag}: {tmp_path / "taken"} is a file, not a folder' in capsys.readouterr().err
 
 
-def test_predicts_face_flags_default_to_faces_constants():
-    """predict.py parses its flags before torch (and faces.py) is imported, so it writes the defaults out."""
+def test_the_face_flags_default_to_faces_constants():
+    """predict.py parses its flags before torch (and faces.py) is imported, and align-faces loads the detector only
+    when it runs, so both write the defaults out."""
     args = predict.parse(['run', 'face.jpg', '--faces'])
     assert (args.min_face, args.face_threshold, args.fps) == (faces.MIN_FACE, faces.FACE_THRESHOLD, faces.DEFAULT_FPS)
+    args = dataset_tools.command_parser().parse_args(['align-faces', '--data', 'photos', '--out', 'aligned'])
+    assert (args.min_face, args.face_threshold) == (faces.MIN_FACE, faces.FACE_THRESHOLD)
+
+
+@pytest.mark.parametrize('flag', ['--annotate', '--cam'])
+def test_an_output_folder_that_cannot_be_created_is_refused_before_any_work(flag, tmp_path, monkeypatch, capsys):
+    locked = tmp_path / 'locked'
+    locked.mkdir()
+    if os.geteuid() != 0:
+        locked.chmod(0o555)
+    else:  # root writes anywhere: the folder refuses as it would refuse another user
+        real = os.mkdir
+
+        def refused(path, *args, **kwargs):
+            if Path(path).parent == locked:
+                raise PermissionError(errno.EACCES, 'Permission denied', str(path))
+            return real(path, *args, **kwargs)
+        monkeypatch.setattr(os, 'mkdir', refused)
+    try:
+        with pytest.raises(SystemExit):
+            predict.parse(['run', 'face.jpg', '--faces', flag, str(locked / 'out')])
+    finally:
+        locked.chmod(0o755)
+    assert f'argument {flag}: cannot create {locked / "out"} (Permission denied)' in capsys.readouterr().err
+
+
+@needs_detector
+def test_a_frame_folder_of_mixed_sizes_is_refused_before_anything_is_written(runs, tmp_path, monkeypatch):
+    (tmp_path / 'frames').mkdir()
+    for i in range(5):
+        Image.new('RGB', (40, 30) if i < 4 else (30, 40)).save(tmp_path / 'frames' / f'{i}.png')
+    with pytest.raises(UserError, match=r'frame .*4.png is 30x40, but .*0.png is 40x30; the frames of a frame folder'):
+        predict_main([runs['fgw_fer'], '--faces', '--frames', str(tmp_path / 'frames'), '--annotate', 'annotated'],
+                     tmp_path, monkeypatch)
+    assert not (tmp_path / 'annotated').exists() or not any((tmp_path / 'annotated').rglob('*'))
+
+
+@needs_detector
+def test_smooth_without_a_video_is_refused(runs, tmp_path, monkeypatch):
+    with pytest.raises(UserError, match=r'--smooth 5 averages .* the inputs hold no video: drop --smooth'):
+        predict_main([runs['fgw_fer'], '--faces', str(TWO_FACES), '--smooth', '5'], tmp_path, monkeypatch)
+
+
+def test_data_loader_is_no_command_and_says_which_is(tmp_path):
+    """The dataset commands have one entry point, dataset_tools.py, which nothing imports back."""
+    result = subprocess.run([sys.executable, 'data_loader.py', 'make-noise', '--data', str(tmp_path), '--rate', '0.2'],
+                            cwd=REPOSITORY, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert f'python dataset_tools.py make-noise --data {tmp_path} --rate 0.2' in result.stderr

@@ -432,7 +432,7 @@ def test_missing_affectnet_split(tmp_path):
 
 
 def test_make_noise_command_reports_the_flips_and_never_overwrites(rafdb):
-    command = [sys.executable, 'data_loader.py', 'make-noise', '--data', str(rafdb), '--rate', '0.2']
+    command = [sys.executable, 'dataset_tools.py', 'make-noise', '--data', str(rafdb), '--rate', '0.2']
     here = Path(data_loader.__file__).parent
     result = subprocess.run(command, cwd=here, capture_output=True, text=True)
     assert result.returncode == 0

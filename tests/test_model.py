@@ -15,7 +15,8 @@ from architect import Architect
 from genotypes import PRIMITIVES, parse_genotype
 from released_reference import ReleasedMixedOp, released_twin
 from errors import UserError
-from utils import WeightUpdate, count_parameters
+from training_step import WeightUpdate, weight_step
+from utils import count_parameters
 
 SUPERNETS = [sequential_search.Network, random_search.Network]
 METHODS = list(genotypes.METHODS)
@@ -525,8 +526,10 @@ def test_search_step_under_bf16_autocast_stays_close_to_fp32(cls):
 
 
 def test_train_step_under_bf16_autocast_stays_close_to_fp32():
-    from train import train_step, training_batch
+    import argparse
+    from noise import CrossEntropy
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 7, (4,))
+    cross_entropy = CrossEntropy(argparse.Namespace(label_smoothing=0.0, auxiliary_weight=0.4), y, None, None).loss
     losses = []
     for amp_dtype in (None, torch.bfloat16):
         torch.manual_seed(0)
@@ -534,7 +537,7 @@ def test_train_step_under_bf16_autocast_stays_close_to_fp32():
         optimizer = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9)
         update = WeightUpdate(list(net.parameters()), optimizer, torch.amp.GradScaler('cpu', enabled=False), 5.0,
                               amp_dtype)
-        _, loss = train_step(net, update, *training_batch(x, y))
+        _, loss, _ = weight_step(net, update, (x,), (y,), cross_entropy)
         assert all(torch.isfinite(p).all() for p in net.parameters())
         losses.append(loss)
     assert abs(losses[1] - losses[0]) < 0.05 * losses[0]

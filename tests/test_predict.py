@@ -1,6 +1,7 @@
-"""predict.py: predictions equal the evaluation's, unreadable images are skipped, exports match eager PyTorch in a
-fresh process, a checkpoint alone says its classes and (grey) input, an interrupted export never leaves a description
-of another network, long work says how far it is, and bad input stops with one message."""
+"""predict.py: predictions equal the evaluation's (also of networks with a noise method's heads), unreadable images
+are skipped, exports match eager PyTorch in a fresh process and hold their own description, a checkpoint alone says
+its classes and (grey) input, an interrupted export never leaves a description of another network, long work says how
+far it is, bad input stops with one message, and report.py reaches trained networks without predict.py."""
 import csv
 import errno
 import importlib.util
@@ -20,9 +21,11 @@ import data_loader
 import formats
 import predict
 import run_folder
+import trained
+import train
 import utils
 from errors import UserError
-from conftest import MODEL_RUNS
+from conftest import MODEL_RUNS, make_run
 
 
 def predict_main(argv, cwd, monkeypatch):
@@ -86,11 +89,14 @@ def test_exported_programs_reload_in_a_fresh_process_and_match_eager(runs, tmp_p
         assert described['genotype'] == json.load(open(os.path.join(run, 'metrics.json')))['genotype']
         assert (described['genotype'] is None) == (not baselines.uses_genotype(model))
         assert described['sha256'] == predict.sha256(path)
-        trained = predict.load_network(run)
+        # the file holds its own description; the .json beside it is a copy, with the file's name and digest
+        own = predict.read_description(str(path))
+        assert own == {k: v for k, v in described.items() if k not in ('file', 'sha256')}
+        network = trained.load_network(run)
         pixels = torch.randint(0, 256, (5, 3, 16, 16), generator=torch.Generator().manual_seed(1)).float()
         with torch.no_grad():
             checks[path.name] = {'pixels': pixels,
-                                 'expected': predict.Deployable(trained.model, grayscale=False)(pixels)}
+                                 'expected': predict.Deployable(network.model, grayscale=False)(pixels)}
     torch.save(checks, tmp_path / 'check.pt')
     # A fresh interpreter that can import torch and nothing of this repository.
     script = ("import torch; checks = torch.load('check.pt')\n"
@@ -111,13 +117,32 @@ def test_exported_programs_reload_in_a_fresh_process_and_match_eager(runs, tmp_p
 def test_onnx_export_matches_eager(runs, tmp_path, monkeypatch):
     predict_main([runs['gla_seed0'], '--export', 'net.onnx'], tmp_path, monkeypatch)
     import onnxruntime
-    trained = predict.load_network(runs['gla_seed0'])
+    network = trained.load_network(runs['gla_seed0'])
     pixels = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(2)).float()
     with torch.no_grad():
-        expected = predict.Deployable(trained.model, grayscale=False)(pixels)
+        expected = predict.Deployable(network.model, grayscale=False)(pixels)
     session = onnxruntime.InferenceSession(str(tmp_path / 'net.onnx'), providers=['CPUExecutionProvider'])
     got = torch.from_numpy(session.run(None, {'pixels': pixels.numpy()})[0])
     assert (got - expected).abs().max().item() <= 1e-4
+    assert predict.read_description(str(tmp_path / 'net.onnx'))['class_names'] == network.class_names
+
+
+def test_an_onnx_file_holds_its_description_in_its_metadata(tmp_path):
+    """What export does to an ONNX file, on a one-node model: torch's ONNX exporter (onnxscript) is an optional
+    extra, the onnx package is enough here."""
+    onnx = pytest.importorskip('onnx')
+    from onnx import TensorProto, helper
+    value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node('Identity', ['pixels'], ['logits'])], 'net', [value('pixels')],
+                              [value('logits')])
+
+    class Program:  # as torch.onnx.export's ONNXProgram saves itself
+        def save(self, path):
+            onnx.save(helper.make_model(graph), path)
+    description = {'class_names': ['Surprise', 'Fear'], 'image_size': 16}
+    predict.save_program(Program(), str(tmp_path / 'net.onnx.tmp'), description)  # as atomic_write names it
+    os.replace(tmp_path / 'net.onnx.tmp', tmp_path / 'net.onnx')
+    assert predict.read_description(str(tmp_path / 'net.onnx')) == description
 
 
 def test_onnx_export_without_its_packages_says_what_to_install(monkeypatch, capsys):
@@ -203,12 +228,12 @@ def test_the_export_of_a_grey_run_says_grey_and_turns_colour_faces_grey(grey_che
     colour = torch.randint(0, 256, (16, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
     grey = np.stack([np.array(Image.fromarray(face).convert('L').convert('RGB')) for face in colour.numpy()])
     pixels = lambda faces: torch.as_tensor(faces).permute(0, 3, 1, 2).float().contiguous()
-    trained = predict.load_network(grey_checkpoint)
+    network = trained.load_network(grey_checkpoint)
     exported = torch.export.load(tmp_path / 'grey.pt2').module()
     with torch.no_grad():
-        expected = predict.Deployable(trained.model, grayscale=False)(pixels(grey))  # the grey faces, as trained
+        expected = predict.Deployable(network.model, grayscale=False)(pixels(grey))  # the grey faces, as trained
         # PIL's luma exactly, so a colour face gets the logits of its grey version; a grey face passes unchanged
-        assert torch.equal(predict.Deployable(trained.model, grayscale=True)(pixels(colour)), expected)
+        assert torch.equal(predict.Deployable(network.model, grayscale=True)(pixels(colour)), expected)
         assert (exported(pixels(colour)) - expected).abs().max() <= predict.EXPORT_TOLERANCE
         assert (exported(pixels(grey)) - expected).abs().max() <= predict.EXPORT_TOLERANCE
 
@@ -225,7 +250,10 @@ def test_an_interrupted_export_never_leaves_a_description_of_another_network(run
             with pytest.raises(KeyboardInterrupt):
                 predict_main([runs['gla_seed1'], '--export', 'net.pt2'], tmp_path, monkeypatch)
         assert ((tmp_path / 'net.pt2').read_bytes() != first) == network_replaced
-        assert not (tmp_path / 'net.pt2.json').exists()  # the earlier description went first
+        assert not (tmp_path / 'net.pt2.json').exists()  # the earlier copy of the description went first
+        described = predict.read_description(str(tmp_path / 'net.pt2'))  # the file's own, whichever file it is
+        assert described['weights'] == os.path.join(runs['gla_seed1' if network_replaced else 'gla_seed0'], 'best.pt')
+        assert [p.name for p in tmp_path.iterdir()] == ['net.pt2']  # no temporary file left
 
 
 def test_a_failed_run_is_refused_unless_its_weights_file_is_given(runs, dataset, tmp_path, monkeypatch, capsys):
@@ -293,3 +321,51 @@ def test_a_video_without_faces_is_refused_with_one_message(runs, tmp_path, monke
     (tmp_path / 'clip.mp4').write_bytes(b'')
     with pytest.raises(UserError, match='clip.mp4 is a video; classify its faces with --faces'):
         predict_main([runs['gla_seed0'], str(tmp_path / 'clip.mp4')], tmp_path, monkeypatch)
+
+
+# ---------------------------------------------------------------- networks with a noise method's heads
+
+@pytest.fixture(scope='module')
+def noise_runs(dataset, tmp_path_factory):
+    """FGW-FER trained an epoch with SCN's attention head and with RUL's mean and variance heads."""
+    folder = tmp_path_factory.mktemp('noise_runs')
+    return {method: make_run(train, ['--data', dataset, '--epochs', '1', '--model', 'fgw_fer', '--noise_method',
+                                     method, '--save', method], folder) for method in ('scn', 'rul')}
+
+
+@pytest.mark.parametrize('method', ['scn', 'rul'])
+def test_a_noise_methods_network_predicts_and_exports_its_own_evaluations_probabilities(method, noise_runs, dataset,
+                                                                                        tmp_path, monkeypatch):
+    folder = noise_runs[method]
+    _, _, test_names, test_labels = formats.read_rafdb_list(os.path.join(dataset, formats.RAFDB_LABEL_FILE))
+    paths = [str(formats.rafdb_image_path(dataset, name)) for name in test_names]
+    predict_main([folder, *paths, '--weights', 'last', '--topk', '7', '--out', 'p.json', '--export', 'net.pt2'],
+                 tmp_path, monkeypatch)
+    result = json.load(open(tmp_path / 'p.json'))
+    names = result['class_names']
+    predicted = torch.tensor([[{t['class']: t['probability'] for t in p['top_k']}[name] for name in names]
+                              for p in result['predictions']])
+    # The run's own test evaluation (utils.evaluate on train.py's test loader), its logits caught on the way.
+    network = trained.load_network(folder, 'last')
+    images = data_loader.load_images(paths, network.input['source_size'], root=str(tmp_path), log=lambda *a: None)
+    loader = data_loader.evaluation_loader(images, torch.tensor(test_labels), network.args, torch.device('cpu'))
+    logits = []
+    hook = network.model.register_forward_hook(lambda module, x, output: logits.append(utils.main_logits(output)))
+    _, matrix = utils.evaluate(network.model, loader, len(names))
+    hook.remove()
+    evaluated = torch.softmax(torch.cat(logits).float(), dim=1)
+    torch.testing.assert_close(predicted, evaluated, rtol=0, atol=1e-6)
+    metrics = json.load(open(os.path.join(folder, 'metrics.json')))
+    assert matrix.compute()['confusion_matrix'] == metrics['last']['confusion_matrix']  # what the run recorded
+    exported = torch.export.load(tmp_path / 'net.pt2').module()  # pixels 0..255 at the run's size, as documented
+    with torch.no_grad():
+        exported_probabilities = torch.softmax(exported(data_loader.resize(images, network.args.image_size)), dim=1)
+    torch.testing.assert_close(exported_probabilities, evaluated, rtol=0, atol=1e-5)
+
+
+def test_report_reaches_trained_networks_without_predict_and_trained_loads_no_training_code():
+    script = ('import sys, trained; assert "train" not in sys.modules, "trained imports train"\n'
+              'import report; assert "predict" not in sys.modules, "report imports predict"')
+    result = subprocess.run([sys.executable, '-c', script], cwd=os.path.dirname(os.path.dirname(__file__)),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

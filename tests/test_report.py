@@ -170,6 +170,63 @@ def test_mean_over_seeds_never_pools_a_smoke_test_with_full_runs(runs, tmp_path,
     assert float(groups['epochs 2']['last_accuracy_mean']) == pytest.approx(statistics.mean(values))
 
 
+def noisy_runs(runs, folder, methods):
+    """Copies of a tiny run as runs of noise methods: {(method, seed): (extra train.py flags, last AUROC)}."""
+    for (method, seed), (flags, auroc) in methods.items():
+        name = f'eval-{method}-{"-".join(f"{k}{v}" for k, v in flags.items())}-{seed}'
+        copy_run(runs[f'gla_seed{seed}'], folder / name, args={'noise_method': method, 'noise': 30, **flags},
+                 metrics={'label_noise': {'method': method, 'auroc': auroc}})
+
+
+def test_a_setting_names_only_the_flags_of_its_own_noise_method(runs, tmp_path, monkeypatch):
+    noisy_runs(runs, tmp_path, {('scn', 0): ({'scn_relabel_epoch': 4}, 0.6), ('scn', 1): ({}, 0.6),
+                                ('eac', 0): ({}, 0.7), ('rul', 0): ({}, 0.5), ('nla', 0): ({}, 0.6)})
+    monkeypatch.chdir(tmp_path)
+    make_report('eval-*', '--out', 'out', '--no-figures')
+    settings = sorted(row['setting'] for row in read_csv(tmp_path / 'out' / 'groups.csv'))
+    # SCN's two settings differ in SCN's flag; EAC, RUL and NLA are told apart by their method alone
+    assert settings == ['', '', '', 'scn_relabel_epoch 4', 'scn_relabel_epoch 9']
+
+
+def test_groups_give_the_noise_method_and_the_mean_auroc_over_seeds(runs, tmp_path, monkeypatch):
+    noisy_runs(runs, tmp_path, {('eac', 0): ({}, 0.7), ('eac', 1): ({}, 0.74), ('rul', 0): ({}, 0.5),
+                                ('rul', 1): ({}, None)})  # None: AUROC undefined in one run
+    monkeypatch.chdir(tmp_path)
+    make_report('eval-*', '--out', 'out', '--no-figures')
+    groups = {row['noise_method']: row for row in read_csv(tmp_path / 'out' / 'groups.csv')}
+    assert set(groups) == {'eac', 'rul'} and groups['eac']['seeds'] == '0 1'
+    assert float(groups['eac']['auroc_mean']) == pytest.approx(0.72)
+    assert float(groups['eac']['auroc_std']) == pytest.approx(statistics.stdev([0.7, 0.74]))
+    assert groups['rul']['auroc_mean'] == '-' and groups['rul']['auroc_std'] == '-'
+    table = open(tmp_path / 'out' / 'report.md').read().split('## Mean ± standard deviation over seeds')[1]
+    header = [cell.strip() for cell in table.split('\n| ')[1].split('|')]
+    assert header[:4] == ['model', 'dataset', 'noise', 'method'] and 'AUROC' in header
+    assert '| gla_fernet GLA_FERNet | synthetic | 30% | eac | ' in table and '| 0.720 ± 0.028 |' in table
+
+
+def test_a_mean_of_fewer_than_5_epochs_says_how_many(runs, tmp_path, monkeypatch):
+    metrics = json.load(open(os.path.join(runs['gla_seed1'], run_folder.METRICS)))
+    assert metrics['last5_mean']['epochs'] == 2  # the tiny runs have 2 epochs
+    copy_run(runs['gla_seed1'], tmp_path / 'eval-long', args={'epochs': 5},
+             metrics={'last5_mean': {**metrics['last5_mean'], 'epochs': 5}})
+    monkeypatch.chdir(tmp_path)
+    make_report(runs['gla_seed0'], runs['gla_seed1'], 'eval-long', '--out', 'out', '--no-figures')
+    rows = {row['run']: row for row in read_csv(tmp_path / 'out' / 'runs.csv')}
+    assert rows[os.path.basename(runs['gla_seed1'])]['last5_mean_epochs'] == '2'
+    assert rows['eval-long']['last5_mean_epochs'] == '5'
+    groups = {row['setting']: row for row in read_csv(tmp_path / 'out' / 'groups.csv')}
+    assert groups['epochs 2']['last5_mean_epochs'] == '2' and groups['epochs 5']['last5_mean_epochs'] == '5'
+    text = open(tmp_path / 'out' / 'report.md').read()
+    short, long = (line for name in (os.path.basename(runs['gla_seed1']), 'eval-long')
+                   for line in text.splitlines() if line.startswith(f'| {name} |'))
+    last5 = metrics['last5_mean']
+    assert (f'| {last5["accuracy"]:.2f} (last 2) | {last5["balanced_accuracy"]:.2f} (last 2) | '
+            f'{last5["f1"]:.2f} (last 2) |') in short
+    assert f'| {last5["accuracy"]:.2f} | {last5["balanced_accuracy"]:.2f} | {last5["f1"]:.2f} |' in long
+    assert '(last 2)' in [line for line in text.splitlines() if line.startswith('| gla_fernet GLA_FERNet |')
+                          and '| 0 1 |' in line][0]
+
+
 def test_a_run_given_twice_counts_once(runs, tmp_path, monkeypatch):
     copy_run(runs['fgw_seed0'], tmp_path / 'eval-a')
     monkeypatch.chdir(tmp_path)

@@ -116,7 +116,7 @@ def test_upper_half_masking_keeps_the_area_in_range_and_the_top_edge_in_the_uppe
     size, n = 48, 2000
     x = torch.full((n, 3, size, size), 7.0)
     generator = torch.Generator().manual_seed(0)
-    augmentation = augment.Augmentation(flip_noise=False, erasing='upper', fill='black')
+    augmentation = augment.Augmentation(flip_or_pixel_noise=False, erasing='upper', fill='black')
     masked = augmentation.erase(x, generator, data_loader.normaliser('cpu')) != 7.0
     applied = masked.flatten(1).any(1)
     assert abs(applied.float().mean() - 0.5) < 0.05  # with p = 0.5

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import run_folder
+import training_step
 import utils
 from errors import UserError
 
@@ -156,7 +157,7 @@ def test_compile_warm_up_leaves_statistics_random_generators_and_mode_untouched(
     before = {name: b.clone() for name, b in net.named_buffers()}
     example = torch.randn(8, 3, 4, 4) + 5
     python_rng, torch_rng = random.getstate(), torch.get_rng_state()
-    assert utils.maybe_compile(net, example, print) is net
+    assert training_step.maybe_compile(net, example, print) is net
     assert net.training
     assert all(torch.equal(before[name], b) for name, b in net.named_buffers())  # BatchNorm saw the batch
     assert random.getstate() == python_rng and torch.equal(torch.get_rng_state(), torch_rng)  # dropout drew
@@ -168,7 +169,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     monkeypatch.setattr(torch, 'compile', broken_compile)
     messages = []
     model = torch.nn.Linear(2, 2)
-    assert utils.maybe_compile(model, torch.zeros(1, 2), messages.append) is model
+    assert training_step.maybe_compile(model, torch.zeros(1, 2), messages.append) is model
     assert 'running eagerly' in messages[0]
 
 

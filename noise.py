@@ -10,12 +10,12 @@ forward and loss are what training calls and what the tests compare with re-expr
 import dataclasses
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import utils
+from augment import epoch_seed
 from baselines import cumulative_alpha
 from errors import UserError
 
@@ -76,7 +76,8 @@ def nla_eps(epoch, epochs, slope=-15.0):
 
 def gaussian_2d(points, mean, major, minor):
     """The density of N(mean, [[major, minor], [minor, major]]) at points (N x 2), in closed form."""
-    det = torch.as_tensor(major * major - minor * minor, dtype=points.dtype, device=points.device)
+    # in float64, as with Python numbers: eps may be a tensor (a compiled step's input)
+    det = torch.as_tensor(major * major - minor * minor, dtype=torch.float64, device=points.device)
     dx, dy = points[:, 0] - mean[0], points[:, 1] - mean[1]
     quadratic = (major * dx * dx - 2 * minor * dx * dy + major * dy * dy) / det
     return torch.exp(-0.5 * quadratic) / (2 * math.pi * det.sqrt())
@@ -245,7 +246,7 @@ class CrossEntropy:
         self.args, self.labels, self.augmentation = args, labels, augmentation
         self.clean = clean.to(labels.device) if clean is not None else None
         self.mixer, self.second_loader, self.second_batches, self.alpha = mixer, second_loader, None, None
-        self.epoch, self.generator = 0, None
+        self.epoch, self.generator, self.rank = 0, None, utils.process_rank()
         n, device = len(labels), labels.device
         self.scores = torch.zeros(n, device=device)
         self.seen, self.flipped, self.relabelled = (torch.zeros(n, dtype=torch.bool, device=device) for _ in range(3))
@@ -272,11 +273,13 @@ class CrossEntropy:
 
     def set_epoch(self, epoch):
         self.epoch = epoch
-        self.generator = epoch_generator(self.args.seed, epoch, self.labels.device)
-        for t in (self.seen, self.flipped, self.relabelled):
+        self.generator = epoch_generator(self.args.seed, epoch, self.labels.device, self.rank)
+        # The record is the epoch's alone: end_epoch sums it over the processes in place, so a score kept from an
+        # earlier epoch would be added again to another process's score of the same sample.
+        for t in (self.scores, self.seen, self.flipped, self.relabelled):
             t.zero_()
         if self.mixer is not None:
-            self.mixer.set_epoch(epoch)
+            self.mixer.set_epoch(epoch, self.rank)
         if self.second_loader is not None:
             self.second_loader.set_epoch(epoch)
             self.second_batches = iter(self.second_loader)
@@ -473,7 +476,8 @@ class NLA(CrossEntropy):
     def set_epoch(self, epoch):
         super().set_epoch(epoch)
         # a tensor, as alpha: no recompilation of a compiled step when it changes
-        self.eps = torch.tensor(nla_eps(epoch, self.args.epochs, self.args.nla_slope), device=self.labels.device)
+        self.eps = torch.tensor(nla_eps(epoch, self.args.epochs, self.args.nla_slope), dtype=torch.float64,
+                                device=self.labels.device)
 
     def batch(self, x, y):
         return (x, x.flip(-1)), (y, self.eps)
@@ -526,6 +530,7 @@ class TrainingForward(nn.Module):
         return self.method.forward(self.model, *inputs)
 
 
-def epoch_generator(seed, epoch, device):
-    entropy = np.random.SeedSequence([seed, epoch, NOISE_STREAM]).generate_state(1, np.uint64)[0] >> 1
-    return torch.Generator(device=device).manual_seed(int(entropy))
+def epoch_generator(seed, epoch, device, rank=0):
+    """The generator of a method's draws in an epoch, on `device`: each process's own under torchrun (rank 0 draws as
+    a single process does)."""
+    return torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, NOISE_STREAM, rank))

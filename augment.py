@@ -13,6 +13,17 @@ MASK_P, MASK_SCALE, MASK_RATIO, MASK_ATTEMPTS = 0.5, (0.04, 0.3), (0.3, 1 / 0.3)
 MIX_STREAM = 1000  # the mixer's entropy key, apart from the loaders' streams (2 per loader, see DeviceLoader)
 
 
+def stream_entropy(seed, epoch, stream, rank=0):
+    """The entropy of one epoch's random stream: (seed, epoch, stream), and under torchrun the process's rank, so that
+    each process draws its own augmentation. Rank 0 adds nothing: it draws exactly what a single process draws."""
+    return [seed, epoch, stream] + ([rank] if rank else [])
+
+
+def epoch_seed(seed, epoch, stream, rank=0):
+    """A torch generator's seed for the stream of stream_entropy(seed, epoch, stream, rank)."""
+    return int(np.random.SeedSequence(stream_entropy(seed, epoch, stream, rank)).generate_state(1, np.uint64)[0] >> 1)
+
+
 # ---------------------------------------------------------------- flip or pixel noise, and erasing
 
 def _add_pixel_noise(x, generator):
@@ -122,8 +133,9 @@ class BatchMixer:
     blending. With both alphas above 0, CutMix is chosen with probability switch_prob. Returns the mixed images and
     soft targets (label smoothing included) that sum to 1.
 
-    Its random numbers are drawn on the host from (seed, epoch) alone (set_epoch), so that a resumed run mixes
-    exactly as an uninterrupted one, and no step waits for the device."""
+    Its random numbers are drawn on the host from (seed, epoch, the process's rank) alone (set_epoch), so that a
+    resumed run mixes exactly as an uninterrupted one, each process under torchrun mixes its own way, and no step
+    waits for the device."""
 
     def __init__(self, num_classes, mixup_alpha, cutmix_alpha, switch_prob=0.5, smoothing=0.0, seed=0):
         assert mixup_alpha > 0 or cutmix_alpha > 0
@@ -131,8 +143,8 @@ class BatchMixer:
         self.switch_prob, self.smoothing, self.seed = switch_prob, smoothing, seed
         self.set_epoch(0)
 
-    def set_epoch(self, epoch):
-        self.rng = np.random.default_rng([self.seed, epoch, MIX_STREAM])
+    def set_epoch(self, epoch, rank=0):
+        self.rng = np.random.default_rng(stream_entropy(self.seed, epoch, MIX_STREAM, rank))
 
     def __call__(self, x, labels):
         cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or self.rng.random() < self.switch_prob)

@@ -22,7 +22,7 @@ import cli
 import formats
 import run_folder
 import utils
-from augment import RELEASED_AUGMENTATION, sampling_weights, source_augment
+from augment import RELEASED_AUGMENTATION, epoch_seed, sampling_weights, source_augment
 from errors import UserError
 
 SOURCE_SIZE = 100  # RAF-DB's aligned images are 100x100
@@ -452,10 +452,6 @@ def prepare_batch(images, image_size=IMAGE_SIZE, augment=False, generator=None, 
 
 # ---------------------------------------------------------------- loader
 
-def _epoch_seed(seed, epoch, stream):
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, np.uint64)[0] >> 1)
-
-
 class DeviceLoader:
     """Batches of a uint8 image tensor, gathered, augmented and normalised on the training device."""
 
@@ -499,7 +495,8 @@ class DeviceLoader:
 
     def _order(self):
         n = len(self.labels)
-        generator = torch.Generator().manual_seed(_epoch_seed(self.seed, self.epoch, 2 * self.stream))
+        # No rank: every process draws the same order, and takes its own shard of it.
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, 2 * self.stream))
         if self.weights is not None:
             order = torch.multinomial(self.weights, n, replacement=True, generator=generator)  # same on every rank
         elif self.shuffle:
@@ -516,8 +513,9 @@ class DeviceLoader:
         order_device = order.pin_memory().to(self.device, non_blocking=True) if self.device.type == 'cuda' else order
         generator = None
         if self.augment:
+            # With the rank: each process augments its own way (rank 0 as a single process does).
             generator = torch.Generator(device=self.device).manual_seed(
-                _epoch_seed(self.seed, self.epoch, 2 * self.stream + 1))
+                epoch_seed(self.seed, self.epoch, 2 * self.stream + 1, self.rank))
         for b in range(len(self)):
             batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
             if self.resident:

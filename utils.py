@@ -49,6 +49,11 @@ def init_distributed(device_name, gpu=None):
     return device, dist.get_rank(), dist.get_world_size()
 
 
+def process_rank():
+    """This process's rank under torchrun (its process group joined), 0 in a single process."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def all_reduce_(tensors, average=True):
     """Sum (or average) tensors across processes in place, as one flat buffer; a no-op in one process."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

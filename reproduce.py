@@ -62,6 +62,8 @@ parser.add_argument('--retry_failed', action='store_true',
 parser.add_argument('--scale', choices=['full', 'smoke'], default='full',
                     help='smoke: the same table on synthetic sets in the datasets\' layouts, tiny networks, '
                          f'{SMOKE_FLAGS["epochs"]} epochs, {SMOKE_SEEDS} seeds (into OUT/TABLE-smoke/)')
+parser.add_argument('--seeds', type=cli.positive_int, default=None,
+                    help="the first N seeds of each row (default: the table's 3; with --scale smoke 2)")
 parser.add_argument('--rows', default=None, help='only these rows: names or patterns, comma-separated (n10-*)')
 parser.add_argument('--rafdb', default=cli.DEFAULT_ROOTS['rafdb'], help='the RAF-DB folder (docs/datasets.md)')
 parser.add_argument('--affectnet', default=cli.DEFAULT_ROOTS['affectnet'], help='the AffectNet folder')
@@ -83,7 +85,7 @@ def main(argv=None):
     name = table.name + ('-smoke' if args.scale == 'smoke' else '')
     folder = os.path.join(args.out, name)
     seeds = [SeedRun(row, seed, os.path.join(folder, f'{row.name}-s{seed}'))
-             for row in rows for seed in (row.seeds[:SMOKE_SEEDS] if args.scale == 'smoke' else row.seeds)]
+             for row in rows for seed in row.seeds[:args.seeds or (SMOKE_SEEDS if args.scale == 'smoke' else None)]]
     if args.plan:
         return print('\n'.join(plan(rows, seeds, args)))
     if args.status:

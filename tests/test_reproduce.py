@@ -83,6 +83,14 @@ def test_every_table_row_is_a_setting_with_seeds_a_rule_and_a_source_for_its_num
         tables.GLA_FERNET_NOISE.note
 
 
+def test_seeds_takes_the_first_seeds_of_each_row_at_any_scale(tmp_path):
+    for flags, seeds in (([], 3), (['--scale', 'smoke'], 2), (['--scale', 'smoke', '--seeds', '3'], 3),
+                         (['--seeds', '1'], 1)):
+        commands = dry_run_commands(run_main(['noise_x_networks', '--dry_run', '--out', str(tmp_path), *flags]))
+        assert sorted({argv[argv.index('--seed') + 1] for _, _, argv in commands}) == [str(s) for s in range(seeds)]
+        assert len(commands) == seeds * len(tables.TABLES['noise_x_networks'].rows)
+
+
 @pytest.mark.parametrize('scale', ['full', 'smoke'])
 @pytest.mark.parametrize('name', list(tables.TABLES))
 def test_dry_run_lists_every_command_and_each_parses_against_its_scripts_parser(name, scale, tmp_path):

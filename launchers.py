@@ -124,6 +124,17 @@ class Job:
     steps: list
 
 
+def step_now(kind, run, fresh_flags, cwd):
+    """The step a run of `kind` needs now, from `run`, its newest folder (or None): none where it finished, --resume
+    where it has a checkpoint (interrupted, or failed after one), else a new run with `fresh_flags`. The launchers
+    plan with it when a table is started, and a SLURM task again when it starts (it may have been requeued)."""
+    if run is not None and finished(kind, run):
+        return None
+    if run is not None and os.path.isfile(os.path.join(run, run_folder.CHECKPOINT)):
+        return Step(SCRIPTS[kind], ['--resume', os.path.basename(run)], cwd)
+    return Step(SCRIPTS[kind], fresh_flags, cwd)
+
+
 def run_job(job, flags=(), env=None, stop=None, log=print):
     """Run a job's steps in order in its folder, each with `flags` added (where it runs: --threads) and `env` set;
     the output of each goes to <folder>/<script>.out. Holds the job's lock meanwhile. A step that fails stops the
@@ -341,15 +352,10 @@ class SlurmTask:
         return code
 
     def now(self):
-        """The step as steps() would plan it now: None when its run finished, --resume where it has a checkpoint."""
+        """The step as reproduce.py would plan it now (step_now)."""
         script, flags, cwd = self.step
         kind = Step(script, flags, cwd).kind
-        run = latest_run(self.folder, kind)
-        if run is not None and finished(kind, run):
-            return None
-        if run is not None and os.path.isfile(os.path.join(run, run_folder.CHECKPOINT)):
-            return Step(script, ['--resume', os.path.basename(run)], cwd)
-        return Step(script, flags, cwd)
+        return step_now(kind, latest_run(self.folder, kind), flags, cwd)
 
     def checkpoint(self, *args, **kwargs):
         """submitit calls this before it requeues a preempted or timed-out task: the same task, which finds the run's

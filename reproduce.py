@@ -18,8 +18,8 @@ import recipes
 import run_folder
 import tables
 from errors import UserError
-from launchers import (INTERRUPTED, SCRIPTS, SLURM_CPUS, SLURM_MINUTES, SLURM_TIMEOUTS, Job, Step,
-                       finished, latest_run, launcher_class, lock_holder, set_aside)
+from launchers import (INTERRUPTED, SCRIPTS, SLURM_CPUS, SLURM_MINUTES, SLURM_TIMEOUTS, Job,
+                       finished, latest_run, launcher_class, lock_holder, set_aside, step_now)
 
 DATA_FLAGS = {'rafdb': 'rafdb', 'affectnet': 'affectnet'}  # a table's dataset -> the reproduce.py flag of its root
 # --scale smoke: the same table shrunk so that the machinery runs on a CPU in minutes; numbers meaningless.
@@ -119,7 +119,7 @@ def main(argv=None):
         for run in seeds:
             run.refresh()
         write_table(table, rows, seeds, name, args)
-    failed = [name for name, code in exits.items() if code not in (0, None, *INTERRUPTED)]
+    failed = sorted(name for name, code in exits.items() if code not in (0, None, *INTERRUPTED))
     if failed:
         raise UserError(f'{len(failed)} of {len(jobs)} runs failed ({", ".join(failed)}); their reasons: '
                         f'python reproduce.py {args.table} --out {args.out} --scale {args.scale} --status')
@@ -175,17 +175,9 @@ class SeedRun:
 def steps(run, roots, args):
     """The steps a seed still needs: a finished run is skipped, an interrupted (or, with --retry_failed, a failed)
     run with a checkpoint resumes, any other starts anew; a training after a search reads the search's genotype."""
-    todo = []
-    for kind in run.kinds:
-        folder = run.runs[kind]
-        if folder is not None and finished(kind, folder):
-            continue
-        if folder is not None and os.path.isfile(os.path.join(folder, run_folder.CHECKPOINT)):
-            todo.append(Step(SCRIPTS[kind], ['--resume', os.path.basename(folder)], run.folder))
-        else:
-            todo.append(Step(SCRIPTS[kind], fresh_flags(run.row, run.seed, kind, roots, args.scale, args.msceleb),
-                             run.folder))
-    return todo
+    todo = [step_now(kind, run.runs[kind], fresh_flags(run.row, run.seed, kind, roots, args.scale, args.msceleb),
+                     run.folder) for kind in run.kinds]
+    return [step for step in todo if step is not None]
 
 
 def fresh_flags(row, seed, kind, roots, scale, msceleb):
@@ -340,7 +332,7 @@ def table_markdown(table, lines, runs, name, args):
     places = list(dict.fromkeys((result['group'], result['label']) for result in lines))
     grouped = any(group for group, _ in places)
     command = ' '.join([args.table, '--out', args.out] + ['--scale', 'smoke'] * (args.scale == 'smoke') +
-                       ['--rows', args.rows] * bool(args.rows))
+                       ['--seeds', str(args.seeds)] * bool(args.seeds) + ['--rows', args.rows] * bool(args.rows))
     out = [f'# {table.title}', '', f'Made by `python reproduce.py {command}` on {time.strftime("%Y-%m-%d %H:%M")}, '
            f'from the run folders under `{os.path.join(args.out, name)}/`. Test accuracy in %; ours is the mean ± '
            'sample standard deviation over the seeds done (n), each run\'s number as report.py reads it, its epoch '

@@ -451,9 +451,10 @@ class EAC(CrossEntropy):
         return dataclasses.replace(augmentation, erasing='none')
 
     def batch(self, x, y):
-        from data_loader import normaliser  # data_loader imports much; only EAC needs this
-        normalise = normaliser(x.device)
-        erase = lambda view: self.augmentation.erase(view, self.generator, normalise)
+        if getattr(self, 'normalise', None) is None:  # once: the normalisation's constants on the device
+            from data_loader import normaliser  # data_loader imports much; only EAC needs this
+            self.normalise = normaliser(x.device)
+        erase = lambda view: self.augmentation.erase(view, self.generator, self.normalise)
         return (erase(x), erase(x.flip(-1))), (y,)
 
     def forward(self, model, x, flipped):

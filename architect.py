@@ -16,13 +16,15 @@ class Architect:
 
     model: the supernet as the search runs it (possibly compiled); weight_optimizer: the SGD optimizer of the
     weights, whose learning rate, momentum and weight decay the unrolled step imitates; grad_sync(tensors): averages
-    gradients across processes in a distributed search (None in one process)."""
+    gradients across processes in a distributed search (None in one process); penalty(network): a term of the
+    architecture loss that depends on the architecture parameters alone (budget.BudgetPenalty), or None."""
 
-    def __init__(self, model, weight_optimizer, arch_learning_rate, arch_weight_decay, grad_sync=None):
+    def __init__(self, model, weight_optimizer, arch_learning_rate, arch_weight_decay, grad_sync=None, penalty=None):
         self.model = model
         self.network = utils.unwrap(model)  # the plain module: parameter names for functional_call
         self.weight_optimizer = weight_optimizer
         self.grad_sync = grad_sync
+        self.penalty = penalty
         self.optimizer = torch.optim.Adam(self.network.arch_parameters(), lr=arch_learning_rate, betas=ARCH_BETAS,
                                           weight_decay=arch_weight_decay)
 
@@ -43,6 +45,9 @@ class Architect:
             grads = torch.autograd.grad(loss, arch_params, allow_unused=True)
         if self.grad_sync is not None:
             self.grad_sync(grads)
+        if self.penalty is not None:  # after the sync: every process computes the same penalty
+            penalty = torch.autograd.grad(self.penalty(self.network), arch_params, allow_unused=True)
+            grads = [g if p is None else p if g is None else g + p for g, p in zip(grads, penalty)]
         training_step.optimizer_update(self.optimizer, arch_params, grads)
         return loss.detach()
 

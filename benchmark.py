@@ -35,6 +35,16 @@ parser.add_argument('--channels_last', action=argparse.BooleanOptionalAction, de
 parser.add_argument('--search_channels_last', action='store_true', help='channels-last supernet (train_search.py: off)')
 parser.add_argument('--skip_unrolled', action='store_true', help='do not time the second-order search step')
 parser.add_argument('--json', default=None, help='also write the results to this JSON file')
+parser.add_argument('--latency_table', default=None,
+                    help="measure only the batch-1 latency of every candidate operation of --method at every cell's "
+                         "shape of the discrete network (--eval_channels, --layers, --image_size, --stem_stride, "
+                         "--stem_multiplier, --num_classes), and write it to this JSON file for "
+                         "train_search.py --latency_table")
+parser.add_argument('--stem_stride', type=cli.positive_int, default=genotypes.DISCRETE_NETWORK['stem_stride'],
+                    help="discrete network's stem stride (train.py --stem_stride)")
+parser.add_argument('--stem_multiplier', type=cli.positive_int, default=genotypes.DISCRETE_NETWORK['stem_multiplier'],
+                    help="discrete network's stem multiplier (train.py --stem_multiplier)")
+parser.add_argument('--num_classes', type=cli.positive_int, default=7, help='classes of the discrete network')
 
 def parse_args(argv=None):
     """The flags, with the method's k unless --k is given."""
@@ -57,6 +67,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+import budget  # noqa: E402
 import data_loader  # noqa: E402
 import noise  # noqa: E402
 import run_folder  # noqa: E402
@@ -164,8 +175,40 @@ def time_data(args, batch, device, results, rows):
     rows.append(('data_img_s', f'{results["data_img_s"]:10.1f} img/s', '', ''))
 
 
+def write_latency_table(args, device, log):
+    """benchmark.py --latency_table: the table, and how well its sum predicts the measured latency of GLA-FERNet's
+    network and of the cheapest one (every operation a 3x3 max-pool) at the same target."""
+    target = budget.Target(args.eval_channels, args.layers, args.image_size, args.stem_stride, args.stem_multiplier,
+                           args.num_classes)
+    primitives = genotypes.METHODS[args.method]['supernet']['primitives']
+
+    def time_ms(fn):
+        return 1e3 * time_calls(fn, device, args.steps, args.repeats)[0]
+
+    log(f'latency table of {target.describe()}: {len(primitives) - 1} operations of --method {args.method}')
+    table = budget.measure_latency_table(target, primitives, device, time_ms)
+    table.update(device=device_name(device), torch=torch.__version__, steps=args.steps, repeats=args.repeats)
+    run_folder.write_json(args.latency_table, table)
+    latency = budget.LatencyTable(table, args.latency_table)
+    log(f'wrote {len(table["operations"])} operation latencies to {args.latency_table}; fixed part '
+        f'{table["fixed_ms"]:.3f} ms')
+    for name, genotype in (('GLA_FERNet', genotypes.GLA_FERNet), ('3x3 max-pools', budget.pooling_genotype())):
+        network = target.network(genotype).to(device).eval()
+        image = torch.randn(1, 3, args.image_size, args.image_size, device=device)
+        with torch.no_grad():
+            measured = time_ms(lambda: network(image))
+        log(f'{name}: the table predicts {latency.genotype_ms(genotype):.3f} ms, measured {measured:.3f} ms')
+
+
+def device_name(device):
+    return (torch.cuda.get_device_name(device) if device.type == 'cuda'
+            else f'{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)')
+
+
 def main(args, log):
     device, _, _ = utils.init_distributed(args.device)
+    if args.latency_table:
+        return write_latency_table(args, device, log)
     training_step.COMPILE_BACKEND = args.compile_backend
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = device.type == 'cuda'
@@ -235,8 +278,7 @@ def main(args, log):
                                                   'compile_backend', 'channels_last', 'search_channels_last',
                                                   'skip_search', 'steps', 'repeats')}
     results.update(spread=spread, config=config, torch=torch.__version__, cuda=torch.version.cuda,
-                   device=torch.cuda.get_device_name(device) if device.type == 'cuda'
-                   else f'{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)')
+                   device=device_name(device))
     print(f'device: {results["device"]}, torch {results["torch"]}, CUDA {results["cuda"]}')
     print('config: ' + ', '.join(f'{k}={v}' for k, v in config.items()))
     print(f'{"measure":28s} {"median":>16s} {"per step":>12s}  spread [min, max]')

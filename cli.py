@@ -58,6 +58,35 @@ def positive_float(text):
     return value
 
 
+SUFFIXES = {'k': 1e3, 'm': 1e6, 'g': 1e9}
+
+
+def quantity(text):
+    """A positive count, with an optional k, M or G suffix: 300k, 1.5M, 2e8."""
+    factor = SUFFIXES.get(text[-1:].lower(), 1)
+    try:
+        value = float(text[:-1] if factor != 1 else text) * factor
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'must be a positive number such as 300000, 300k, 1.5M or 2G, got {text}') from None
+    if not 0 < value < float('inf'):
+        raise argparse.ArgumentTypeError(f'must be a positive number, got {text}')
+    return value
+
+
+def budget(text):
+    """A budget: a quantity (300k, 150M, 4.5), or a multiple of the released GLA-FERNet network's cost at the search's
+    target, written with an x (0.25x), kept as text until the target is known (budget.SearchBudget)."""
+    if text.lower().endswith('x'):
+        try:
+            multiple = float(text[:-1])
+        except ValueError:
+            multiple = 0.0
+        if not 0 < multiple < float('inf'):
+            raise argparse.ArgumentTypeError(f'must be a positive multiple such as 0.25x, got {text}')
+        return f'{multiple:g}x'
+    return quantity(text)
+
+
 def fraction(text):
     value = float(text)
     if not 0 < value < 1:

@@ -58,7 +58,26 @@ METHODS = {
         train=dict(layers=5, init_channels=36, batch_size=16, learning_rate=0.007, learning_rate_min=0.0, epochs=70,
                    auxiliary=False, drop_path_prob=0.2)),
 }
+# The discrete network of train.py (the released code's): 36 channels, 8 cells, a stride-1 stem of 3 x 36 channels.
+# The stem's stride and width are flags too (train.py --stem_stride, --stem_multiplier; docs/budget.md).
+DISCRETE_NETWORK = dict(init_channels=36, layers=8, stem_stride=1, stem_multiplier=3)
 SUPERNET_FLAGS = ('k', 'op_weights', 'edge_weights', 'primitives')  # the Network arguments that make a supernet
+
+
+def check_image_size(image_size, stem_stride=1):
+    """Refuse sizes the stem and the two reduction cells cannot divide into equal-sized branches."""
+    sizes = image_size if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+    factor = 4 * stem_stride
+    for size in sizes:
+        if not isinstance(size, int) or size < 2 * factor or size % factor:
+            if stem_stride == 1:
+                raise UserError(f'image size {image_size} is not supported: height and width must be multiples of 4 '
+                                 f'and at least 8 (e.g. 48, 64, 100, 112), because the two reduction cells halve them '
+                                 f'twice')
+            raise UserError(f'image size {image_size} is not supported with stem stride {stem_stride}: height and '
+                             f'width must be multiples of {factor} and at least {2 * factor}, because the stem divides '
+                             f'them by {stem_stride} and the two reduction cells halve them twice')
+
 
 
 def supernet_settings(settings):

@@ -68,17 +68,18 @@ class AuxiliaryHead(nn.Module):
 
 
 class Network(nn.Module):
-    def __init__(self, C, num_classes, layers, auxiliary, genotype, stem_multiplier=3, image_size=48):
+    def __init__(self, C, num_classes, layers, auxiliary, genotype, stem_multiplier=3, image_size=48, stem_stride=1):
         super().__init__()
-        check_image_size(image_size)
+        check_image_size(image_size, stem_stride)
         self._layers = layers
+        self.stem_stride = stem_stride
         self._auxiliary = auxiliary
         # A buffer, not a float: train.py raises it every epoch, and as a tensor it is an input of a compiled
         # graph rather than a constant that torch.compile would specialise on (one recompilation per epoch).
         self.register_buffer('drop_path_prob', torch.zeros(()), persistent=False)
 
         C_curr = stem_multiplier * C
-        self.stem = stem(C_curr)
+        self.stem = stem(C_curr, stem_stride)
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()
         reduction_prev = False
@@ -117,8 +118,8 @@ class Network(nn.Module):
 
     def cells_forward(self, x):
         """(the last cell's output, the auxiliary head's logits in training with one, else None)."""
-        if x.shape[-1] % 4 or x.shape[-2] % 4:
-            check_image_size(tuple(x.shape[-2:]))
+        if x.shape[-1] % (4 * self.stem_stride) or x.shape[-2] % (4 * self.stem_stride):
+            check_image_size(tuple(x.shape[-2:]), self.stem_stride)
         logits_aux = None
         s0 = s1 = self.stem(x)
         for i, cell in enumerate(self.cells):

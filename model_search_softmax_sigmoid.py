@@ -242,13 +242,18 @@ class Network(nn.Module):
         """Softmax of the edge parameters over each node's incoming edges."""
         return torch.cat([F.softmax(betas[s], dim=-1) for s in node_edge_slices(self._steps)])
 
-    def mixing_weights(self, cell):
+    def cell_weights(self, cell):
         """(op weights (edges, ops), edge weights (edges,)) of cell type 'normal' or 'reduce', in DARTS' edge
-        order, detached on the CPU; edge weights of 1 for a method without them."""
-        op_weights = self.op_weights(getattr(self, f'alphas_{cell}').detach().float().cpu())
+        order, as functions of the architecture parameters; edge weights of 1 for a method without them."""
+        op_weights = self.op_weights(getattr(self, f'alphas_{cell}'))
         if not self.has_edge_weights:
-            return op_weights, torch.ones(op_weights.shape[0])
-        return op_weights, self.edge_weights(getattr(self, f'betas_{cell}').detach().float().cpu())
+            return op_weights, torch.ones(op_weights.shape[0], device=op_weights.device)
+        return op_weights, self.edge_weights(getattr(self, f'betas_{cell}'))
+
+    def mixing_weights(self, cell):
+        """cell_weights, detached, float32 on the CPU."""
+        with torch.no_grad():
+            return tuple(w.float().cpu() for w in self.cell_weights(cell))
 
     def per_group(self, weights):
         """Split per-edge weights (DARTS edge order) into the cells' edge groups."""

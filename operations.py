@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from errors import UserError
-from genotypes import OPERATIONS, PRIMITIVES
+from genotypes import OPERATIONS, PRIMITIVES, check_image_size  # noqa: F401 (re-exported)
 
 # Every constructor takes (C, stride, affine, groups=1). With groups > 1 it builds `groups` independent copies of
 # the op side by side on the channel axis (C channels in all, C // groups per copy; 1x1 convolutions become grouped
@@ -129,23 +129,15 @@ class FactorizedReduce(nn.Module):
                        .flatten(1, 3))
 
 
-def stem(C_out):
-    """The DARTS networks' stem: a 3x3 convolution of the RGB image and BatchNorm."""
-    return nn.Sequential(nn.Conv2d(3, C_out, 3, padding=1, bias=False), nn.BatchNorm2d(C_out))
+def stem(C_out, stride=1):
+    """The DARTS networks' stem: a 3x3 convolution of the RGB image and BatchNorm. Stride 1 in the released code:
+    the first third of the network then runs at the input's full resolution; stride 2 quarters its cost."""
+    return nn.Sequential(nn.Conv2d(3, C_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(C_out))
 
 
 def reduction_cells(layers):
     """Indices of the two reduction cells, at 1/3 and 2/3 of the network (both DARTS networks)."""
     return layers // 3, 2 * layers // 3
-
-
-def check_image_size(image_size):
-    """Refuse sizes the two reduction cells cannot halve twice into equal-sized branches."""
-    sizes = image_size if isinstance(image_size, (tuple, list)) else (image_size, image_size)
-    for size in sizes:
-        if not isinstance(size, int) or size < 8 or size % 4:
-            raise UserError(f'image size {image_size} is not supported: height and width must be multiples of 4 '
-                             f'and at least 8 (e.g. 48, 64, 100, 112), because the two reduction cells halve them twice')
 
 
 def channel_shuffle(x, groups):

@@ -204,6 +204,8 @@ def smoke_flags(flags, kind):
     if kind == 'search':
         method = genotypes.METHODS[flags.get('method', 'gla_fernet')]
         flags['warmup_epochs'] = min(SMOKE_WARMUP, method['search']['warmup_epochs'])
+        # the network train.py will build (its flags are SMOKE_DARTS too): what a budget is the cost of
+        flags.update(target_channels=SMOKE_DARTS['init_channels'], target_layers=SMOKE_DARTS['layers'])
     else:
         flags['image_size'] = max(flags['image_size'], recipes.MODELS[model].min_image_size)
         recipe = recipes.MODELS[model].recipe

@@ -27,6 +27,7 @@ METRICS = 'metrics.json'  # train.py: the results so far
 GENOTYPE = 'genotype.txt'  # train_search.py: the best genotype, one line
 METHOD = 'method.json'  # train_search.py: the search method and supernet, beside genotype.txt
 ARCHITECTURE_WEIGHTS = 'architecture_weights.json'  # train_search.py: op and edge weights after every epoch
+COSTS = 'costs.json'  # train_search.py: expected and exact cost of every epoch's genotype, and missed budgets
 CONFUSION_MATRIX = 'confusion_matrix.png'
 TENSORBOARD = 'tensorboard'
 FAILED = 'FAILED'  # the error of a run that stopped with one
@@ -285,6 +286,19 @@ def search_method(genotype_path, methods):
     return method
 
 
+def search_target(genotype_path):
+    """The discrete network a search's costs and budgets were computed for, as train.py flags ({} for a search from
+    before budgets, whose method file has no 'target')."""
+    path = os.path.join(os.path.dirname(genotype_path), METHOD)
+    content = read_json(path, 'method file') if os.path.exists(path) else {}
+    target = content.get('target') if isinstance(content, dict) else None
+    if not isinstance(target, dict):
+        return {}
+    flags = {'channels': 'init_channels', 'layers': 'layers', 'image_size': 'image_size', 'stem_stride': 'stem_stride',
+             'stem_multiplier': 'stem_multiplier'}
+    return {flag: target[key] for key, flag in flags.items() if isinstance(target.get(key), int)}
+
+
 def load_checkpoint(path, kind):
     """The checkpoint file at `path` (or inside the run folder `path`) of a `kind` run, and its folder."""
     if os.path.isdir(path):
@@ -303,24 +317,40 @@ def load_checkpoint(path, kind):
     return checkpoint, os.path.dirname(os.path.abspath(path))
 
 
-def load_file(path, context=''):
-    """A .pt file's content, loaded with weights_only=True (a tampered file is refused, never executed)."""
+def load_file(path, context='', stand_in=None):
+    """A .pt file's content, loaded with weights_only=True (a tampered file is refused, never executed).
+
+    stand_in(name) -> a class or None: for a file that pickles a network whole (torch.save(model)), the class that is
+    built in place of the class `name` ('module.Class') it names, one that runs none of the file's code and only
+    holds the weights; a name it gives None is refused as any other object."""
     import re
 
     import torch  # only here: the scripts import this module before torch
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- whatever is in the file, it is nothing we can use
-        reason = str(e)
-        if reason.startswith('Weights only load failed'):
-            # torch's message advises weights_only=False, which would run whatever code the file carries: never passed
-            # on. Its own reason is the error it was raised from.
-            found = re.search(r'GLOBAL (\S+) (?:was not an allowed global|whose module)', reason)
-            if found:  # the file pickles a class or function
-                raise UserError(f'{context}{path} holds objects other than tensors and plain containers '
-                                f'({found.group(1)}), which cannot be loaded safely (unpickling them could run code); '
-                                'load it in code you trust, save the weights alone with '
-                                'torch.save(model.state_dict(), path) and give that file') from None
-            reason = str(e.__context__ or 'not a file of torch.save')
-        raise UserError(f'{context}{path} is not a readable checkpoint or weights file ({type(e).__name__}: '
-                        f'{(reason.splitlines() or [""])[0][:200]})') from None
+    stand_ins = {}
+    while True:
+        try:
+            with torch.serialization.safe_globals([(cls, name) for name, cls in stand_ins.items()]):
+                return torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:  # noqa: BLE001 -- whatever is in the file, it is nothing we can use
+            found = re.search(r'GLOBAL (\S+) (?:was not an allowed global|whose module)', str(e))
+            cls = stand_in(found.group(1)) if found and stand_in and found.group(1) not in stand_ins else None
+            if cls is None:
+                refuse_file(path, context, e, found)
+            stand_ins[found.group(1)] = cls  # then again, until every class of the file has its stand-in
+
+
+def refuse_file(path, context, e, found):
+    """Raise the UserError of a file that torch.load(weights_only=True) refused with `e` (`found`: the match of the
+    class or function it pickles, if that is why)."""
+    reason = str(e)
+    if reason.startswith('Weights only load failed'):
+        # torch's message advises weights_only=False, which would run whatever code the file carries: never passed on.
+        # Its own reason is the error it was raised from.
+        if found:  # the file pickles a class or function
+            raise UserError(f'{context}{path} holds objects other than tensors and plain containers '
+                            f'({found.group(1)}), which cannot be loaded safely (unpickling them could run code); '
+                            'load it in code you trust, save the weights alone with '
+                            'torch.save(model.state_dict(), path) and give that file') from None
+        reason = str(e.__context__ or 'not a file of torch.save')
+    raise UserError(f'{context}{path} is not a readable checkpoint or weights file ({type(e).__name__}: '
+                    f'{(reason.splitlines() or [""])[0][:200]})') from None

@@ -177,5 +177,42 @@ NOISE_X_NETWORKS = Table(
          'mean of the last 5 epochs, as the noisy-label papers report.',
     columns=tuple(NOISE_METHOD_LABELS.values()))
 
+# ---------------------------------------------------------------- budget_rafdb
+# A search for a budget (docs/budget.md): each method at 1/8, 1/4, 1/2 and 1x the multiply-adds and the parameters of
+# the released GLA-FERNet network (523.6 M multiply-adds, 1.377 M parameters at 48 px), and unconstrained. With the
+# released stride-1 stem, 43% of those multiply-adds are in parts no operation choice changes, so 1/8x and 1/4x are
+# out of reach; the same two budgets again with a stride-2 stem (train.py --stem_stride 2) are within it.
+BUDGET_FRACTIONS = ('0.125x', '0.25x', '0.5x', '1x')
+BUDGET_METHODS = {'gla_fernet': 'GLA-FERNet', 'pc_darts': 'PC-DARTS', 'darts': 'DARTS', 'emonas': 'EmoNAS'}
+
+
+def budget_row(method, metric=None, fraction=None, stem_stride=1):
+    search = {'dataset': 'rafdb', 'method': method}
+    if metric:
+        search[f'budget_{metric}'] = fraction
+    if stem_stride != 1:
+        search['target_stem_stride'] = stem_stride
+    name = f'{method}-{metric}-{fraction}' if metric else f'{method}-unconstrained'
+    return Row(name + (f'-stem{stem_stride}' if stem_stride != 1 else ''), {'dataset': 'rafdb'}, search=search,
+               selection='test_best', label=BUDGET_METHODS[method],
+               column=(f'{metric} {fraction}' if metric else 'unconstrained') +
+                      (f' (stem stride {stem_stride})' if stem_stride != 1 else ''))
+
+
+BUDGET_RAFDB = Table(
+    'budget_rafdb', 'The DARTS family searched for a budget on RAF-DB: multiply-adds and parameters at 1/8 to 1x '
+                    'the released GLA-FERNet network\'s', tuple(
+        [budget_row(method) for method in BUDGET_METHODS] +
+        [budget_row(method, metric, fraction) for method in BUDGET_METHODS for metric in ('macs', 'params')
+         for fraction in BUDGET_FRACTIONS] +
+        [budget_row(method, 'macs', fraction, stem_stride=2) for method in BUDGET_METHODS
+         for fraction in BUDGET_FRACTIONS[:2]]),
+    note='No reported numbers: budgets are ours. Each genotype trains at its search\'s target network (train.py '
+         '--genotype_file takes it); report.py --pareto draws accuracy against cost and says which budget each '
+         'network meets.',
+    columns=('unconstrained',) + tuple(f'{metric} {fraction}' for metric in ('macs', 'params')
+                                       for fraction in BUDGET_FRACTIONS) +
+            tuple(f'macs {fraction} (stem stride 2)' for fraction in BUDGET_FRACTIONS[:2]))
+
 TABLES = {table.name: table for table in (NOISE_RAFDB, LIGHTWEIGHT_RAFDB, SEARCH_FAMILY_RAFDB, GLA_FERNET_NOISE,
-                                          NOISE_X_NETWORKS)}
+                                          NOISE_X_NETWORKS, BUDGET_RAFDB)}

@@ -17,8 +17,16 @@ network.add_argument('--model', choices=list(recipes.MODELS), default='gla_ferne
                      help='the network to train: gla_fernet is the discrete network of a genotype; the others are '
                           'hand-designed FER networks, whose paper\'s recipe gives the defaults (docs/baselines.md "Recipes")')
 network.add_argument('--epochs', type=cli.positive_int, default=600, help='num of training epochs')
-network.add_argument('--init_channels', type=cli.positive_int, default=36, help='num of init channels')
-network.add_argument('--layers', type=cli.positive_int, default=8, help='total number of layers')
+network.add_argument('--init_channels', type=cli.positive_int, default=genotypes.DISCRETE_NETWORK['init_channels'],
+                     help='num of init channels')
+network.add_argument('--layers', type=cli.positive_int, default=genotypes.DISCRETE_NETWORK['layers'],
+                     help='total number of layers')
+network.add_argument('--stem_stride', type=cli.positive_int, default=genotypes.DISCRETE_NETWORK['stem_stride'],
+                     help="gla_fernet: the stem convolution's stride (1: released; 2 quarters the cost of the cells "
+                          "before the first reduction, where about 40%% of the multiply-adds are)")
+network.add_argument('--stem_multiplier', type=cli.positive_int,
+                     default=genotypes.DISCRETE_NETWORK['stem_multiplier'],
+                     help="gla_fernet: the stem's channels over --init_channels (3: released)")
 network.add_argument('--auxiliary', action='store_true', default=False, help='use auxiliary tower')
 network.add_argument('--auxiliary_weight', type=cli.non_negative_float, default=0.4, help='weight for auxiliary loss')
 network.add_argument('--drop_path_prob', type=cli.non_negative_float, default=0.3, help='drop path probability')
@@ -122,7 +130,8 @@ noisy.add_argument('--noise_literal', action='store_true',
 def recipe(args):
     """The published settings of the network to train, as defaults of the flags not given: a baseline's paper
     recipe (recipes.py); for the genotype of a search (--genotype_file), the discrete network of the search's method
-    (genotypes.METHODS: EmoNAS trains 5 cells of 36 channels for 70 epochs...); none otherwise."""
+    (genotypes.METHODS: EmoNAS trains 5 cells of 36 channels for 70 epochs...) at the search's target configuration
+    (--target_* of train_search.py); none otherwise."""
     if args.model != 'gla_fernet':
         return args.model, recipes.model_recipe(args.model, args.dataset, args.noise_method)
     if args.genotype_file:
@@ -132,7 +141,8 @@ def recipe(args):
             method = run_folder.search_method(args.genotype_file, genotypes.METHODS)
         except UserError:
             return 'gla_fernet', {}  # main() reports it, before a run folder exists
-        return method, genotypes.METHODS[method]['train']
+        # the search's target network (a budget's cost is that network's) over its method's recipe
+        return method, {**genotypes.METHODS[method]['train'], **run_folder.search_target(args.genotype_file)}
     return 'gla_fernet', {}
 
 
@@ -155,6 +165,9 @@ def check_args(parser, args):
         if args.model not in models and getattr(args, flag) != parser.get_default(flag):
             parser.error(f'argument --{flag}: applies to --model {" or ".join(models)}, not to --model {args.model}')
     face = recipes.MODELS[args.model].face_checkpoint
+    if args.pretrained is not None and not recipes.MODELS[args.model].pretrained and not os.path.isfile(args.pretrained):
+        parser.error(f'argument --pretrained: {args.pretrained} is no file; {args.model} starts from its '
+                     f'face-recognition checkpoint file ({face}) or from scratch (none)')
     if args.pretrained not in (None, 'imagenet') and not os.path.isdir(args.pretrained) and not (
             face and os.path.isfile(args.pretrained)):
         parser.error(f"argument --pretrained: {args.pretrained} is no folder{' or file' if face else ''}; give "
@@ -163,9 +176,14 @@ def check_args(parser, args):
     if recipes.MODELS[args.model].two_branch and (args.mixup_alpha or args.cutmix_alpha):
         parser.error(f"--mixup_alpha and --cutmix_alpha do not combine with {args.model}'s two-branch training (its "
                      f"loss already mixes a uniform and a reversed batch)")
-    if args.image_size < recipes.MODELS[args.model].min_image_size:
-        parser.error(f'argument --image_size: {args.model} needs at least {recipes.MODELS[args.model].min_image_size} '
-                     f'pixels, got {args.image_size}')
+    if args.model == 'gla_fernet':
+        try:
+            genotypes.check_image_size(args.image_size, args.stem_stride)
+        except UserError as e:
+            parser.error(f'argument --image_size: {e}')
+    problem = recipes.image_size_problem(args.model, args.image_size)
+    if problem:
+        parser.error(f'argument --image_size: {problem}')
     if args.scheduler == 'plateau' and args.lr_warmup_epochs:
         parser.error('argument --lr_warmup_epochs: applies to --scheduler cosine or step, not plateau')
     check_noise_args(parser, args)
@@ -334,6 +352,9 @@ def build_model(args, run, genotype, num_classes, log):
     log(f'param size = {stats["params_without_auxiliary"] / 1e6:f}M ({stats["weights"] / 1e6:f}M convolution and '
         f'linear weights), FLOPs = {stats["flops"] / 1e6:.2f}M ({stats["macs"] / 1e6:.2f}M multiply-adds) at '
         f'{args.image_size}x{args.image_size}, model size = {stats["model_size_mb"]:.2f}MB')
+    if unused:  # RUL's replaced classifier; the parameters DDAMFN holds only for its official checkpoints
+        log(f'not counted: {sum(p.numel() for p in unused):,} parameters that training never uses (with them: '
+            f'{sum(p.numel() for p in model.parameters()):,})')
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, stats
@@ -358,7 +379,8 @@ def training_forward(model, method, args, run, loaders, log, compile_step):
     if run.world_size > 1:
         device = run.device
         forward_model = DistributedDataParallel(forward_model, device_ids=[device.index] if device.type == 'cuda' else
-                                                None, find_unused_parameters=args.noise_method == 'rul')
+                                                None, find_unused_parameters=args.noise_method == 'rul' or
+                                                bool(noise.kept_parameters(model)))
     return forward_model, step_model if compile_step else forward_model
 
 

@@ -4,6 +4,7 @@ import argparse
 
 import cli
 import genotypes
+from errors import UserError
 
 parser = cli.training_parser('train_search', __doc__, seed=2, channels_last=False)
 search = parser.add_argument_group('search', 'defaults: those of --method where it sets the flag '
@@ -33,12 +34,37 @@ search.add_argument('--protocol', choices=['split', 'released'], default='split'
 search.add_argument('--unrolled', action='store_true', default=False, help='use one-step unrolled validation loss')
 search.add_argument('--arch_learning_rate', type=cli.positive_float, default=6e-4, help='learning rate for arch encoding')
 search.add_argument('--arch_weight_decay', type=cli.non_negative_float, default=1e-3, help='weight decay for arch encoding')
+costs = parser.add_argument_group('budget', "a search for a budget: the cost of the network train.py builds from the "
+                                   "genotype at the target configuration (docs/budget.md)")
+costs.add_argument('--budget_params', type=cli.budget, default=None,
+                   help="parameters, e.g. 300k; or 0.25x: a quarter of the released GLA-FERNet network's at the target")
+costs.add_argument('--budget_macs', type=cli.budget, default=None, help='multiply-adds per image, e.g. 150M, or 0.25x')
+costs.add_argument('--budget_latency_ms', type=cli.budget, default=None,
+                   help='batch-1 latency in ms, as --latency_table predicts it, e.g. 4.5, or 0.25x')
+costs.add_argument('--latency_table', default=None,
+                   help='latency table of the target network (python benchmark.py --latency_table FILE), measured on '
+                        'any device; needed by --budget_latency_ms, else its predicted latency is logged')
+costs.add_argument('--budget_weight', type=cli.positive_float, default=1.0,
+                   help='weight of the penalty max(0, E[cost] / budget - 1) in the architecture loss, per budget')
+costs.add_argument('--target_channels', type=cli.positive_int, default=genotypes.DISCRETE_NETWORK['init_channels'],
+                   help="the discrete network's --init_channels (default: its method's train.py recipe)")
+costs.add_argument('--target_layers', type=cli.positive_int, default=genotypes.DISCRETE_NETWORK['layers'],
+                   help="the discrete network's --layers (default: its method's train.py recipe)")
+costs.add_argument('--target_image_size', type=cli.positive_int, default=None,
+                   help="the discrete network's --image_size (default: --image_size)")
+costs.add_argument('--target_stem_stride', type=cli.positive_int, default=genotypes.DISCRETE_NETWORK['stem_stride'],
+                   help="the discrete network's --stem_stride")
+costs.add_argument('--target_stem_multiplier', type=cli.positive_int,
+                   default=genotypes.DISCRETE_NETWORK['stem_multiplier'], help="the discrete network's --stem_multiplier")
 
 
 def recipe(args):
     """The search method's supernet settings and recipe, as defaults of the flags not given."""
     method = genotypes.METHODS[args.method]
-    return args.method, {**method['supernet'], **method['search'], 'primitives': list(method['supernet']['primitives'])}
+    target = {f'target_{flag}': method['train'][name] for flag, name in (('channels', 'init_channels'),
+                                                                        ('layers', 'layers')) if name in method['train']}
+    return args.method, {**method['supernet'], **method['search'], 'primitives': list(method['supernet']['primitives']),
+                         **target}
 
 
 def check_args(parser, args):
@@ -48,6 +74,15 @@ def check_args(parser, args):
     if args.init_channels % args.k:
         parser.error(f'argument --k: {args.k} does not divide --init_channels {args.init_channels}; each edge sends '
                      f'1/k of its channels through the candidate operations')
+    if args.budget_latency_ms and not args.latency_table:
+        parser.error('argument --budget_latency_ms: needs --latency_table FILE, the latency of each operation on the '
+                     'device the budget is for (write one with python benchmark.py --latency_table FILE)')
+    if args.target_image_size is None:
+        args.target_image_size = args.image_size
+    try:
+        genotypes.check_image_size(args.target_image_size, args.target_stem_stride)
+    except UserError as e:
+        parser.error(f'argument --target_image_size: {e}')
     if args.sampling == 'random' and args.k == 1:
         parser.error('argument --sampling: random sampling needs --k above 1 (with --k 1 every channel goes through '
                      f'the operations, as --method {args.method} does): give --k 4, or --sampling sequential')
@@ -57,12 +92,14 @@ if __name__ == '__main__':
     # Parsed before torch is imported (seconds on a busy machine): --help and a bad flag answer at once.
     ARGS = cli.parse(parser, check_args, recipe)
 
+import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import itertools  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import budget  # noqa: E402
 import data_loader  # noqa: E402
 import model_search_ran_softmax_sigmoid  # noqa: E402
 import model_search_softmax_sigmoid  # noqa: E402
@@ -87,6 +124,7 @@ def main(args, log):
     train_loader, arch_loader, arch_eval_loader = search_loaders(data, args, run, log)
 
     model = build_supernet(args, num_classes, device, log)
+    costs = search_budget(args, num_classes, device, log)
     optimizer = torch.optim.SGD(model.weight_parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
@@ -101,13 +139,12 @@ def main(args, log):
         forward_model = training_step.maybe_compile(model, next(iter(arch_eval_loader))[0], log,
                                                     training=not compile_step)
     step_model = model if compile_step else forward_model  # a compiled step traces the plain module
-    architect = Architect(step_model, optimizer, args.arch_learning_rate, args.arch_weight_decay, grad_sync)
+    architect = Architect(step_model, optimizer, args.arch_learning_rate, args.arch_weight_decay, grad_sync,
+                          costs.penalty)
 
     run.start()
     if run.is_main:  # next to genotype.txt: train.py --genotype_file takes the method's discrete network from it
-        run.write_json(run_folder.METHOD, {'method': args.method, 'supernet': {
-            'init_channels': args.init_channels, 'layers': args.layers, 'sampling': args.sampling,
-            **genotypes.supernet_settings(args)}})
+        run.write_json(run_folder.METHOD, method_record(args, costs))
     stateful = {'model': model, 'optimizer': optimizer, 'arch_optimizer': architect.optimizer,
                 'scheduler': scheduler, 'scaler': scaler}
     start_epoch, best = run.restore(stateful, best={'epoch': -1, 'accuracy': -1.0, 'genotype': None})
@@ -140,21 +177,43 @@ def main(args, log):
         scheduler.step()
         arch_eval = utils.evaluation_metrics(forward_model, arch_eval_loader, num_classes, amp_dtype, run,
                                              f'validation after search epoch {epoch}')
-        genotype = format_genotype(model.genotype())
+        genotype = model.genotype()
+        candidate = {'epoch': epoch, 'accuracy': arch_eval['accuracy'], 'genotype': format_genotype(genotype),
+                     'cost': costs.costs(model, genotype)}
         # Warm-up epochs leave the architecture at its random initialisation: their genotypes are no candidates.
-        if searching and arch_eval['accuracy'] > best['accuracy']:
-            best = {'epoch': epoch, 'accuracy': arch_eval['accuracy'], 'genotype': genotype}
-        report_epoch(log, writer, run, model, epoch, lr, train_loss, train_matrix.compute(), arch_eval, best,
-                     searching, genotype)
+        if searching and better(candidate, best):
+            best = candidate
+        report_epoch(log, writer, run, model, costs, candidate, lr, train_loss, train_matrix.compute(), arch_eval,
+                     best, searching)
         run.save(epoch, best, stateful)
 
     if writer is not None:
         writer.close()
+    report_search(log, run, costs, best)
+
+
+def method_record(args, costs):
+    """method.json: the method, its supernet, and the target network and budgets that train.py --genotype_file
+    builds and report.py checks."""
+    return {'method': args.method, 'supernet': {'init_channels': args.init_channels, 'layers': args.layers,
+                                                'sampling': args.sampling, **genotypes.supernet_settings(args)},
+            'target': dataclasses.asdict(costs.target), 'budgets': costs.budgets}
+
+
+def report_search(log, run, costs, best):
+    """The search's result: the best genotype, its cost against the budgets (a missed one said loudly), and how to
+    train it."""
     log(f'best architecture-validation accuracy {best["accuracy"]:f} at epoch {best["epoch"]}')
     log(f'best genotype = {best["genotype"]}')
+    if best.get('cost'):
+        log(f'its cost at the target ({costs.target.describe()}): {costs.describe(best["cost"])}')
+        if best['cost']['over']:
+            log('WARNING: the searched genotype is over budget: ' + ', '.join(
+                f'{metric} by {100 * over:.1f}%' for metric, over in best['cost']['over'].items()) +
+                '; no epoch\'s genotype met it (costs.json has every epoch\'s; docs/budget.md says what to change)')
     if run.is_main:
         log(f'genotype written to {run.path(run_folder.GENOTYPE)}; train it with: '
-            f'python train.py --genotype_file {run.folder} {cli.data_flags(args)}')
+            f'python train.py --genotype_file {run.folder} {cli.data_flags(run.args)}')
 
 
 def build_supernet(args, num_classes, device, log):
@@ -169,6 +228,34 @@ def build_supernet(args, num_classes, device, log):
         f'({", ".join(model.primitives)}), {args.layers} cells: '
         f'{utils.count_parameters(model, model.arch_parameters()) / 1e6:.6f}M weight parameters')
     return model
+
+
+def search_budget(args, num_classes, device, log):
+    """The search's target network, budgets and penalty (budget.SearchBudget), as the log describes them; a budget
+    that no genotype can meet at the target is said at once, with what would move it."""
+    costs = budget.SearchBudget.from_args(args, num_classes, device)
+    log(f'target network: {costs.target.describe()}' + (f'; budgets: ' + ', '.join(
+        f'{metric} {budget.format_cost(metric, value)}' for metric, value in costs.budgets.items()) +
+        f', penalty weight {args.budget_weight}' if costs.budgets else '; no budget'))
+    if costs.latency is not None:
+        log(f'latency table {args.latency_table}: measured on {costs.latency.device}')
+    for metric, value, least in costs.unreachable():
+        log(f'WARNING: the {metric} budget {budget.format_cost(metric, value)} is below the least any genotype costs '
+            f'at the target, {budget.format_cost(metric, least)} (the stem, the cells\' preprocessing and the '
+            f'classifier, with the cheapest operations): no search meets it. Lower --target_channels or '
+            f'--target_layers, or raise --target_stem_stride (docs/budget.md)')
+    return costs
+
+
+def better(candidate, best):
+    """Whether an epoch's genotype replaces the best so far: one that meets the budgets beats one that does not, then
+    the higher architecture-validation accuracy wins (without budgets: the accuracy alone)."""
+    if best['genotype'] is None:
+        return True
+    meets, best_meets = not candidate['cost']['over'], not best.get('cost', {}).get('over')
+    if meets != best_meets:
+        return meets
+    return candidate['accuracy'] > best['accuracy']
 
 
 def search_loaders(data, args, run, log):
@@ -235,9 +322,10 @@ def cross_entropy(logits, y):
     return F.cross_entropy(logits.float(), y), logits, None
 
 
-def report_epoch(log, writer, run, model, epoch, lr, train_loss, train_metrics, arch_eval, best, searching, genotype):
-    """An epoch's log lines, TensorBoard scalars and architecture weights, and (in an epoch that found a better
+def report_epoch(log, writer, run, model, costs, candidate, lr, train_loss, train_metrics, arch_eval, best, searching):
+    """An epoch's log lines, TensorBoard scalars, architecture weights and costs, and (in an epoch that found a better
     genotype) genotype.txt with its cell diagrams."""
+    epoch, genotype = candidate['epoch'], candidate['genotype']
     log(f'train_acc {train_metrics["accuracy"]:f}, train_balanced_acc {train_metrics["balanced_accuracy"]:f}, '
         f'train_f1 {train_metrics["f1"]:f}')
     log(f'valid_acc {arch_eval["accuracy"]:f}, valid_balanced_acc {arch_eval["balanced_accuracy"]:f}, '
@@ -245,14 +333,18 @@ def report_epoch(log, writer, run, model, epoch, lr, train_loss, train_metrics, 
         (f'best_acc {best["accuracy"]:f} at epoch {best["epoch"]}' if searching else
          f'warm-up epoch {epoch + 1} of {run.args.warmup_epochs}: no architecture step yet'))
     log(f'genotype = {genotype}')
+    log(f'cost: {costs.describe(candidate["cost"])}')
     run.check_weights(model, epoch)
     if not run.is_main:
         return
     utils.log_scalars(writer, epoch, lr=lr, train_loss=train_loss.average(), valid_loss=arch_eval['loss'],
                       train_acc=train_metrics['accuracy'], train_f1=train_metrics['f1'],
                       valid_acc=arch_eval['accuracy'], valid_f1=arch_eval['f1'])
+    utils.log_scalars(writer, epoch, **{f'cost/{kind}_{metric}': value for kind in ('expected', 'exact')
+                                        for metric, value in candidate['cost'][kind].items()})
     log_architecture(writer, model, epoch)
     run.write_epoch_record(run_folder.ARCHITECTURE_WEIGHTS, epoch, model.architecture_weights())
+    run.write_epoch_record(run_folder.COSTS, epoch, {'genotype': genotype, **candidate['cost']})
     if best['epoch'] == epoch:  # genotype.txt: one line that train.py --genotype_file reads
         run.write_text(run_folder.GENOTYPE, best['genotype'] + '\n')
         visualize.plot_genotype(best['genotype'], run.folder)

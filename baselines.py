@@ -3,7 +3,9 @@
 `gla_fernet` is the discrete DARTS-family network of a genotype (model.py, paper Sec. 3.4). The others are the
 hand-designed FER networks GLA-FERNet is compared with, as docs/baselines.md describes them: FGW-FER (Dinh et al. 2023,
 Sec. 3), ShuffleNetV2-1.0x (torchvision), RLR-CNet (Mou et al. 2023, Sec. 3.2-3.4) and CoRes-SE (Pourasghari Haghi
-2025, its notebook). They hold no I/O: load_pretrained is the one function that reads weight files.
+2025, its notebook); DDAMFN and EfficientFace, built as their official code builds them, are frontier.py's. They hold
+no I/O: load_pretrained is the one function that reads weight files (and face_checkpoint_state the files of the face
+networks' code).
 """
 import os
 
@@ -19,9 +21,11 @@ from errors import UserError
 from operations import StridedPointwise, channel_shuffle
 
 
-def gla_fernet(num_classes, genotype, init_channels=36, layers=8, auxiliary=False, image_size=48):
+def gla_fernet(num_classes, genotype, init_channels=36, layers=8, auxiliary=False, image_size=48, stem_stride=1,
+               stem_multiplier=3):
     """The discrete network of a genotype (GLA-FERNet's released one by default in train.py)."""
-    return model.Network(init_channels, num_classes, layers, auxiliary, genotype, image_size=image_size)
+    return model.Network(init_channels, num_classes, layers, auxiliary, genotype, stem_multiplier, image_size,
+                         stem_stride)
 
 
 # ==========================================================================================================
@@ -359,10 +363,13 @@ def cores_se(num_classes, gate='sample', dropout=0.5):
 
 def create_model(name, num_classes, **options):
     """The network `name` of recipes.MODELS for `num_classes` classes; options are its constructor's keyword
-    arguments. The constructor is this module's function of the model's name."""
+    arguments. The constructor is the function of the model's name in this module or in frontier.py (DDAMFN,
+    EfficientFace)."""
     if name not in recipes.MODELS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(recipes.MODELS)}")
-    return globals()[name](num_classes, **options)
+    import frontier  # here, not at the top: it builds on this module's FeaturesAndHead
+    constructor = globals()[name] if name in globals() else getattr(frontier, name)
+    return constructor(num_classes, **options)
 
 
 def uses_genotype(name):
@@ -408,27 +415,58 @@ def mismatched(own, state):
             (k not in state and k.rsplit('.', 1)[-1] != 'num_batches_tracked')]
 
 
+class PickledModule(nn.Module):
+    """What a class of a network pickled whole becomes when its file is read (run_folder.load_file's stand_in): an
+    inert holder of the module's parameters, buffers and submodules; none of the file's code runs."""
+
+    def forward(self, *args):
+        raise TypeError('a network read from a pickled file only holds its weights')
+
+
+def face_checkpoint_state(network, path, context='--pretrained: '):
+    """The state dict in a checkpoint file of the face networks' code: a state dict, or a dict holding one under
+    'state_dict' or 'model_state_dict', or a network pickled whole (DDAMFN's MFN_msceleb.pth), whose classes are read
+    as PickledModule where `network` names them (PICKLED_CLASSES) or they are torch.nn's; keys without the 'module.'
+    prefix of DataParallel. context: the flag, which the messages name."""
+    classes = getattr(network, 'PICKLED_CLASSES', ())
+    stand_in = lambda name: PickledModule if name.startswith('torch.nn.modules.') or \
+        name.rsplit('.', 1)[-1] in classes else None
+    state = run_folder.load_file(path, context, stand_in if classes else None)
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    for key in ('state_dict', 'model_state_dict'):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f'{context}{path} holds neither a state dict nor a dict with one under "state_dict" or '
+                        f'"model_state_dict"' + (' nor a pickled network' if classes else ''))
+    return {k.removeprefix('module.'): v for k, v in state.items()}  # saved from DataParallel
+
+
 def load_face_checkpoint(network, name, path, log=print):
-    """Load a face-recognition checkpoint file into `network` (a torchvision model): the MS-Celeb-1M ResNet-18 that
-    SCN, RUL, EAC and NLA start from (resnet18_msceleb.pth: a dict whose 'state_dict' is in torchvision's names,
-    with its own classifier). Its classifier is replaced by the FER one; every other weight must be present, and
-    the file's keys that the network does not have are named in the log (SCN, RUL and EAC load with strict=False,
-    which ignores them silently)."""
-    state = run_folder.load_file(path, '--pretrained: ')
-    if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
-        state = state['state_dict']
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f'--pretrained: {path} holds neither a state dict nor a dict with one under "state_dict"')
-    state = {k.removeprefix('module.'): v for k, v in state.items()}  # saved from DataParallel
-    own = {k: v for k, v in network.state_dict().items() if not k.startswith(IMAGENET_HEADS)}
-    wrong = mismatched(own, state)
+    """Load a face-recognition checkpoint file (MS-Celeb-1M) into `network`: the ResNet-18 of SCN, RUL, EAC and NLA
+    (resnet18_msceleb.pth, torchvision's names), DDAMFN's MixedFeatureNet (MFN_msceleb.pth) or EfficientFace's
+    (Pretrained_EfficientFace.tar). A network may name the file's keys in its own names (face_checkpoint_name: DDAMFN's
+    backbone sits under features.N) and the parts of it that such a file does not hold (FACE_HEADS; default its
+    classifier, fc. or classifier.), which start anew. Every other weight must be in the file; the file's keys that do
+    not load are named in the log, its own classifier's excepted (SCN, RUL and EAC load with strict=False, which
+    ignores them silently)."""
+    state = face_checkpoint_state(network, path)
+    rename = getattr(network, 'face_checkpoint_name', lambda key: key)
+    heads = getattr(network, 'FACE_HEADS', IMAGENET_HEADS)
+    own = {k: v for k, v in network.state_dict().items() if not k.startswith(heads)}
+    ours = {k: rename(k) for k in state}  # the file's key -> ours (None: no place in the network)
+    mapped = {ours[k]: v for k, v in state.items() if ours[k] is not None}
+    wrong = mismatched(own, mapped)
     if wrong:
         raise UserError(f'--pretrained: {path} does not hold the weights of {name} ({len(wrong)} missing or of '
                         f'another shape, e.g. {wrong[0]}: a checkpoint of another network?)')
-    unused = sorted(k for k in state if k not in own and not k.startswith(IMAGENET_HEADS))
-    loaded = {k: state[k] for k in own if k in state}
+    loaded = {k: mapped[k] for k in own if k in mapped}
+    unused = sorted(k for k in state if ours[k] not in loaded and not k.startswith(IMAGENET_HEADS))
     network.load_state_dict(loaded, strict=False)
-    log(f'loaded {len(loaded)} tensors of {os.path.basename(path)} into {name}; its classifier is replaced' +
+    anew = 'its classifier is replaced' if heads == IMAGENET_HEADS else \
+        f'its {", ".join(h.rstrip(".") for h in heads)} start anew'
+    log(f'loaded {len(loaded)} tensors of {os.path.basename(path)} into {name}; {anew}' +
         (f'; not loaded: {", ".join(unused)}' if unused else ''))
 
 
@@ -437,11 +475,14 @@ def load_pretrained(network, name, source, log=print):
     torchvision's weights API; a folder holds torchvision's weight files (pretrained_file_names); a file is a
     face-recognition checkpoint (load_face_checkpoint, models with face_checkpoint). The ImageNet classifiers are
     dropped; every other backbone weight must be present."""
-    if not recipes.MODELS[name].pretrained:
-        having = [n for n, m in recipes.MODELS.items() if m.pretrained]
-        raise UserError(f'--pretrained: {name} has no ImageNet backbone (only {", ".join(having)} have)')
-    if source != 'imagenet' and os.path.isfile(source) and recipes.MODELS[name].face_checkpoint:
+    entry = recipes.MODELS[name]
+    if source != 'imagenet' and os.path.isfile(source) and entry.face_checkpoint:
         return load_face_checkpoint(network, name, source, log)
+    if not entry.pretrained:
+        having = [n for n, m in recipes.MODELS.items() if m.pretrained]
+        raise UserError(f'--pretrained: {name} has no ImageNet backbone (only {", ".join(having)} have)' +
+                        (f'; give its face-recognition checkpoint file ({entry.face_checkpoint})'
+                         if entry.face_checkpoint else ''))
     for attribute, weights in pretrained_weights(name):
         file_name = os.path.basename(weights.url)
         if source == 'imagenet':

@@ -49,7 +49,9 @@ parser.add_argument('--num_classes', type=cli.positive_int, default=7, help='cla
 def parse_args(argv=None):
     """The flags, with the method's k unless --k is given."""
     args = parser.parse_args(argv)
-    cli.apply_recipe(parser, args, {'k': genotypes.METHODS[args.method]['supernet']['k']}, argv)
+    fixed_size = recipes.MODELS[args.model].fixed_image_size  # DDAMFN, EfficientFace: the one size they take
+    cli.apply_recipe(parser, args, {'k': genotypes.METHODS[args.method]['supernet']['k'],
+                                    **({'image_size': fixed_size} if fixed_size else {})}, argv)
     if args.sampling == 'random' and args.k == 1:
         parser.error(f'argument --sampling: random sampling needs --k above 1 (--method {args.method} has k=1)')
     return args
@@ -239,7 +241,7 @@ def main(args, log):
     else:
         net = create_model(args.model, 7)
     net = net.to(device)
-    results['eval_params'] = utils.count_parameters(net)
+    results['eval_params'] = utils.count_parameters(net, noise.kept_parameters(net))  # what train.py counts
     results['eval_weights'] = utils.count_weights(net)
     results['eval_flops'] = utils.count_flops(net, args.image_size, device)
     results['eval_macs'] = results['eval_flops'] // 2

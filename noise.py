@@ -222,7 +222,8 @@ def feature_shape(network, image_size):
 
 class CrossEntropy:
     """--noise_method none: cross-entropy, with what a model's recipe adds to it (label smoothing, Mixup/CutMix,
-    RLR-CNet's two-branch batches, the auxiliary head's loss). The base of the label-noise methods, whose interface
+    RLR-CNet's two-branch batches, the auxiliary head's loss, DDAMFN's attention loss; EfficientFace's teacher's soft
+    labels take the place of Mixup/CutMix as the `mixer`). The base of the label-noise methods, whose interface
     it defines:
     - heads(network, args): the network a run trains and trained.py rebuilds (SCN and RUL add heads);
     - parameter_groups(model), loader_augmentation(augmentation), unused_parameters(model, image_size);
@@ -266,8 +267,9 @@ class CrossEntropy:
 
     @staticmethod
     def unused_parameters(model, image_size):
-        """Parameters that training never uses (not counted in the run's parameters)."""
-        return []
+        """Parameters that training never uses (not counted in the run's parameters): those the network holds only so
+        that its official checkpoints load (its unused_parameters(): DDAMFN's)."""
+        return kept_parameters(model)
 
     # ---------------------------------------------------------------- an epoch and its steps
 
@@ -287,8 +289,8 @@ class CrossEntropy:
             self.alpha = torch.tensor(cumulative_alpha(epoch, self.args.epochs), device=self.labels.device)
 
     def batch(self, x, y):
-        """The batch; RLR-CNet's two batches with alpha (the network's input and the loss's); or its Mixup/CutMix
-        with their soft targets."""
+        """The batch; RLR-CNet's two batches with alpha (the network's input and the loss's); or the mixer's batch
+        and soft targets (Mixup/CutMix, EfficientFace's label distribution generator)."""
         if self.second_batches is not None:
             x2, y2 = next(self.second_batches)
             return (x, x2, self.alpha), (y, y2, self.alpha)
@@ -302,11 +304,15 @@ class CrossEntropy:
 
     def loss(self, outputs, *targets):
         """Cross-entropy with the labels (label smoothing included; soft targets hold their own) or RLR-CNet's
-        cumulative loss alpha CE(z, y) + (1 - alpha) CE(z, y2); plus the auxiliary head's, weighted."""
-        logits, logits_aux = outputs if isinstance(outputs, tuple) else (outputs, None)
+        cumulative loss alpha CE(z, y) + (1 - alpha) CE(z, y2); plus what the network's second output adds: the
+        auxiliary head's cross-entropy, weighted by --auxiliary_weight, for logits; itself for a 0-dim tensor, a loss
+        term the network computed (DDAMFN's weighted attention loss)."""
+        logits, second = outputs if isinstance(outputs, tuple) else (outputs, None)
         loss = self.cross_entropy(logits.float(), targets)
-        if logits_aux is not None:
-            loss = loss + self.args.auxiliary_weight * self.cross_entropy(logits_aux.float(), targets)
+        if second is not None and second.dim() == 0:
+            loss = loss + second.float()
+        elif second is not None:
+            loss = loss + self.args.auxiliary_weight * self.cross_entropy(second.float(), targets)
         return loss, logits, None
 
     def cross_entropy(self, logits, targets):
@@ -515,6 +521,13 @@ def network_with_heads(network, args):
 def base_network(model):
     """The network inside a method's heads (for its own settings, such as drop-path)."""
     return model.network if isinstance(model, (SCNNetwork, RULNetwork)) else model
+
+
+def kept_parameters(model):
+    """The parameters of the network inside `model` that its forward never uses, kept so that its official
+    checkpoints load (a network's unused_parameters(); none for most)."""
+    network = base_network(model)
+    return list(network.unused_parameters()) if hasattr(network, 'unused_parameters') else []
 
 
 class TrainingForward(nn.Module):

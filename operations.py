@@ -3,8 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from errors import UserError
-from genotypes import OPERATIONS, PRIMITIVES, check_image_size  # noqa: F401 (re-exported)
+from genotypes import OPERATIONS, PRIMITIVES, check_image_size  # noqa: F401 (the networks import it from here)
 
 # Every constructor takes (C, stride, affine, groups=1). With groups > 1 it builds `groups` independent copies of
 # the op side by side on the channel axis (C channels in all, C // groups per copy; 1x1 convolutions become grouped

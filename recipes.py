@@ -23,9 +23,11 @@ class Model:
     genotype: bool = False  # built from a genotype (a searched cell), so its genotype tells runs apart
     pretrained: tuple = ()  # (attribute holding a backbone, '' for the network itself; torchvision weights name)
     min_image_size: int = 1
+    fixed_image_size: int = 0  # the one input size its layers are cut for (0: any size from min_image_size)
     two_branch: bool = False  # trained on a uniform and a reversed batch per step (BBN's cumulative learning)
     class_activation_maps: bool = True  # its head is linear then global pooling (EAC needs it)
-    face_checkpoint: bool = False  # --pretrained also takes a face-recognition checkpoint file (MS-Celeb-1M)
+    # --pretrained also takes a face-recognition checkpoint file (MS-Celeb-1M): its published name ('' if none)
+    face_checkpoint: str = ''
     noise_recipes: dict = field(default_factory=dict)  # --noise_method: that method's paper's settings over `recipe`
 
 
@@ -43,6 +45,15 @@ NOISE_RECIPES = {'scn': {'learning_rate': 1e-3, 'batch_size': 64, 'epochs': 70},
                  'eac': {'learning_rate': 2e-4, 'batch_size': 32, 'epochs': 60},
                  'nla': {'learning_rate': 1e-4, 'batch_size': 32, 'epochs': 60}}
 
+# DDAMFN's and EfficientFace's official training scripts (docs/baselines.md "DDAMFN", "EfficientFace"). Flips: our
+# flip-or-noise augmentation, the nearest we have to their RandomHorizontalFlip. Neither clips gradients.
+DDAMFN = {'optimizer': 'sgd', 'learning_rate': 0.01, 'momentum': 0.9, 'weight_decay': 1e-4, 'scheduler': 'step',
+          'lr_step_size': 10, 'lr_gamma': 0.1, 'batch_size': 256, 'epochs': 40, 'image_size': 112, 'grad_clip': 0.0,
+          'flip_noise': True, 'erasing': 'released'}
+EFFICIENTFACE = {'optimizer': 'sgd', 'learning_rate': 0.1, 'momentum': 0.9, 'weight_decay': 1e-4, 'scheduler': 'step',
+                 'lr_step_size': 30, 'lr_gamma': 0.1, 'batch_size': 128, 'epochs': 100, 'image_size': 224,
+                 'grad_clip': 0.0, 'flip_noise': True, 'erasing': 'none'}
+
 # train.py's --noise_method: the flags of each method (refused with another method). 'none' is plain cross-entropy.
 NOISE_METHODS = {
     'none': (),
@@ -56,7 +67,8 @@ NOISE_METHODS = {
 MODELS = {
     # The discrete network of a genotype: its recipe is the search method's (genotypes.METHODS), not one of here.
     'gla_fernet': Model(options={'init_channels': 'init_channels', 'layers': 'layers', 'auxiliary': 'auxiliary',
-                                 'image_size': 'image_size'},
+                                 'image_size': 'image_size', 'stem_stride': 'stem_stride',
+                                 'stem_multiplier': 'stem_multiplier'},
                         own_flags=('arch', 'genotype', 'genotype_file', 'drop_path_prob'), genotype=True),
     # FGW-FER Sec. 4.2: AdamW 1e-3 (weight decay not stated: PyTorch's 0.01), ReduceLROnPlateau on the validation
     # loss (PyTorch's factor 0.1 and patience 10), batch 64, 300 epochs, no augmentation. Its 7-1-2 split keeps one
@@ -88,7 +100,19 @@ MODELS = {
                       class_activation_maps=False),  # its features are pooled: no map
     # torchvision's ResNet-18, the backbone of SCN, RUL, EAC and NLA: 11,180,103 parameters for 7 classes.
     'resnet18': Model(options={}, recipe=NOISY_FER, noise_recipes=NOISE_RECIPES,
-                      pretrained=(('', 'ResNet18_Weights.IMAGENET1K_V1'),), face_checkpoint=True),
+                      pretrained=(('', 'ResNet18_Weights.IMAGENET1K_V1'),), face_checkpoint='resnet18_msceleb.pth'),
+    # The field's strongest lightweight FER networks, built as their official code builds them (frontier.py). DDAMFN:
+    # its rafdb_train.py (SGD lr 0.01 momentum 0.9 weight decay 1e-4, StepLR(10, 0.1), batch 256, 40 epochs, 112 px,
+    # ImageNet normalisation, flips, RandomErasing(0.02-0.25)); loss CE + 0.1 x its attention loss (the network's own
+    # term, see frontier.DDAMNet). Its MixedFeatureNet starts from MFN_msceleb.pth there (--pretrained FILE).
+    'ddamfn': Model(options={'image_size': 'image_size'}, recipe=DDAMFN, fixed_image_size=112,
+                    face_checkpoint='MFN_msceleb.pth',
+                    class_activation_maps=False),  # attention, then a 7x7 kernel per position: no CAM (docs)
+    # EfficientFace: its main.py (SGD lr 0.1 momentum 0.9 weight decay 1e-4, lr x 0.1 every 30 epochs, batch 128,
+    # 100 epochs, 224 px, RandomResizedCrop and flips), from Pretrained_EfficientFace.tar (its MS-Celeb-1M weights),
+    # its loss on the soft labels of its label distribution generator (--efficientface_teacher Pretrained_LDG.tar).
+    'efficientface': Model(options={'image_size': 'image_size'}, own_flags=('efficientface_teacher',),
+                           recipe=EFFICIENTFACE, fixed_image_size=224, face_checkpoint='Pretrained_EfficientFace.tar'),
 }
 
 
@@ -96,7 +120,8 @@ def model_flags():
     """{flag: the models it applies to} for the flags of some models only (train.py refuses them elsewhere)."""
     flags = {}
     for name, model in MODELS.items():
-        for flag in (*model.options.values(), *model.own_flags, *(('pretrained',) if model.pretrained else ())):
+        pretrained = ('pretrained',) if model.pretrained or model.face_checkpoint else ()
+        for flag in (*model.options.values(), *model.own_flags, *pretrained):
             if flag != 'image_size':  # every model's input size, not a flag of this one
                 flags.setdefault(flag, []).append(name)
     return flags
@@ -113,3 +138,19 @@ def model_recipe(model, dataset, noise_method='none'):
             value = value[dataset]
         settings[flag] = value
     return settings
+
+
+def image_size_problem(model, image_size):
+    """Why network `model` cannot take image_size x image_size inputs (a sentence naming the size it needs), or None."""
+    entry = MODELS[model]
+    if entry.fixed_image_size and image_size != entry.fixed_image_size:
+        return (f'{model} takes {entry.fixed_image_size}x{entry.fixed_image_size} inputs only (its layers are cut for '
+                f'that size), got {image_size}; give --image_size {entry.fixed_image_size}')
+    if image_size < entry.min_image_size:
+        return f'{model} needs at least {entry.min_image_size} pixels, got {image_size}'
+    return None
+
+
+def fitting_image_size(model, image_size):
+    """The input size nearest to image_size that network `model` takes (what a shrunken smoke run uses)."""
+    return MODELS[model].fixed_image_size or max(image_size, MODELS[model].min_image_size)

@@ -1,5 +1,6 @@
-"""Put many runs side by side: the comparison table and the mean +- std table of a paper, accuracy versus parameters
-and MACs, training curves, confusion matrices, and for searches the architecture weights over epochs (paper Sec. 4)."""
+"""Put many runs side by side: the comparison table and the mean +- std table of a paper, accuracy against parameters,
+MACs and latency with the Pareto front, the budgets each network meets, training curves, confusion matrices, and for
+searches the architecture weights over epochs (paper Sec. 4)."""
 import argparse
 
 import cli
@@ -16,18 +17,40 @@ parser.add_argument('runs', nargs='+',
                     help="run folders, folders holding run folders, or quoted patterns such as 'eval-*' 'search-*'")
 parser.add_argument('--out', default='report', help='folder for report.md, runs.csv, groups.csv and figures/')
 parser.add_argument('--selection', choices=list(SELECTIONS), default='last',
-                    help='the accuracy the accuracy-versus-size figures plot: last epoch, best validation epoch, '
-                         'best test epoch (selected on the test set: optimistic), or the mean of the last 5 epochs')
+                    help='the accuracy of the accuracy-versus-cost figures and Pareto fronts: last epoch, best '
+                         'validation epoch, best test epoch (selected on the test set: optimistic), or the mean of the '
+                         'last 5 epochs')
 parser.add_argument('--figures', action=argparse.BooleanOptionalAction, default=True,
                     help='draw the figures (--no-figures: the tables only, at once)')
 parser.add_argument('--latency', action=argparse.BooleanOptionalAction, default=True,
                     help="measure each network's CPU batch-1 latency, rebuilt from its run (--no-latency: skip)")
 parser.add_argument('--latency_repeats', type=cli.positive_int, default=5,
                     help='repeats of the latency measurement; the median is reported')
+budget_flags = parser.add_argument_group(
+    'budgets', 'a column per budget given, in both tables, saying whether each network meets it (a network from a '
+               'budgeted search also gets that search\'s budgets, whatever is given here)')
+budget_flags.add_argument('--budget_params', type=cli.quantity, default=None,
+                          help='parameters without the auxiliary head, e.g. 300k, 1.5M, 2e6')
+budget_flags.add_argument('--budget_macs', type=cli.quantity, default=None,
+                          help='multiply-adds per image, e.g. 150M, 2e8')
+budget_flags.add_argument('--budget_latency_ms', type=cli.positive_float, default=None,
+                          help="milliseconds of the CPU batch-1 latency this report measures, e.g. 4.5 (not with "
+                               "--no-latency)")
+
+
+def flag_problem(args):
+    """Why flags that parse one by one cannot go together, or None."""
+    if args.budget_latency_ms is not None and not args.latency:
+        return ('--budget_latency_ms compares the latency this report measures, and --no-latency measures none: '
+                'drop one of them')
+    return None
+
 
 if __name__ == '__main__':
     # Parsed before torch is imported (seconds on a busy machine): --help and a bad flag answer at once.
     ARGS = parser.parse_args()
+    if flag_problem(ARGS):
+        parser.error(flag_problem(ARGS))
 
 import collections  # noqa: E402
 import csv  # noqa: E402
@@ -43,6 +66,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 import genotypes  # noqa: E402
+import pareto  # noqa: E402
 import recipes  # noqa: E402
 import run_folder  # noqa: E402
 import train  # noqa: E402
@@ -51,9 +75,10 @@ import visualize  # noqa: E402
 from baselines import uses_genotype  # noqa: E402
 from benchmark import time_calls  # noqa: E402
 from errors import UserError  # noqa: E402
+from selection import LAST_EPOCHS  # noqa: E402
 from trained import build_network  # noqa: E402
 
-DASH = '-'  # a number a run does not hold (failed before it, or written by an older version)
+DASH = pareto.DASH  # '-': a number a run does not hold (failed before it, or written by an older version)
 LATENCY_STEPS = 10  # forward passes per repeat
 METRICS = (('accuracy', 'acc.'), ('balanced_accuracy', 'bal. acc.'), ('f1', 'macro-F1'))
 PROGRESS_SECONDS = 10  # the longest a report goes without a line while it reads, measures or draws
@@ -76,6 +101,8 @@ RECORD_TYPES = {'epoch': int, 'primitives': list, 'normal': dict, 'reduce': dict
 
 
 def main(args, log):
+    if flag_problem(args):
+        raise UserError(flag_problem(args))
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f'--out {args.out} is a file; give a folder for report.md, the tables and the figures')
     folders, notes = find_runs(args.runs)
@@ -94,10 +121,13 @@ def main(args, log):
         progress.step(run['label'])
     selections = [s for s in SELECTIONS if any(s in r['metrics'] for r in evals)]
     groups = group_rows([r for r in evals if r['status'] == 'complete'], selections)
-    write_csv(os.path.join(args.out, 'runs.csv'), [r['row'] for r in evals], run_columns(selections))
-    write_csv(os.path.join(args.out, 'groups.csv'), groups, group_columns(selections))
+    budgets = pareto.given_budgets(args)
+    pareto.mark_budgets([r['row'] for r in evals] + groups, budgets)
+    fronts = pareto.mark_pareto(groups, args.selection)
+    write_csv(os.path.join(args.out, 'runs.csv'), [r['row'] for r in evals], run_columns(selections, budgets))
+    write_csv(os.path.join(args.out, 'groups.csv'), groups, group_columns(selections, budgets))
     figures = draw_figures(runs, groups, args.selection, args.out, log) if args.figures else {}
-    text = markdown_report(runs, groups, selections, figures, args, notes)
+    text = markdown_report(runs, groups, selections, figures, args, notes, fronts)
     run_folder.write_text(os.path.join(args.out, 'report.md'), text)
     for run in runs:
         log(f'{run["label"]}: {run["kind"]}, {run["status"]}' + (f' ({run["problem"]})' if run['problem'] else ''))
@@ -302,7 +332,9 @@ def architecture_label(args, metrics):
     if args.get('genotype_file'):
         search = os.path.basename(os.path.dirname(args['genotype_file'])) or args['genotype_file']
         method = search_method(args['genotype_file'], metrics) or 'searched'
-        return f'{method} genotype ({search})', f'{method} genotype ({save_name(search)})'
+        budgets = pareto.budgets_label(pareto.search_budgets(args['genotype_file'])[0])
+        return (f'{method} genotype ({search})',  # a budget sweep reads on a figure by its budgets
+                f'{method} ({budgets})' if budgets else f'{method} genotype ({save_name(search)})')
     return f'{model} {text}', f'{model} genotype {hashlib.sha1(text.encode()).hexdigest()[:6]}'
 
 
@@ -318,6 +350,13 @@ def search_method(genotype_file, metrics):
         except UserError:
             return None
     return None
+
+
+def search_name(args):
+    """The --save name of the search a run's genotype came from (what tells two searches for one budget apart), or
+    a dash."""
+    folder = os.path.basename(os.path.dirname(args.get('genotype_file') or ''))
+    return save_name(folder) if folder else DASH
 
 
 def save_name(folder_name):
@@ -341,7 +380,8 @@ def table_row(run, latency, repeats, log):
            'epochs': run['epochs'], 'params': value(metrics, 'params_without_auxiliary', 'params'),
            'macs': macs, 'model_size_mb': value(metrics, 'model_size_mb'),
            'latency_ms': cpu_latency_ms(run, repeats, log) if latency and not run['problem'] else DASH,
-           'settings': experiment(args), 'folder': run['folder']}
+           'settings': experiment(args), 'folder': run['folder'], 'search': search_name(args)}
+    row.update(pareto.search_budget_columns(args, row))
     for selection in SELECTIONS:
         numbers = metrics.get(selection) or {}
         for key, _ in METRICS:
@@ -402,19 +442,19 @@ def cpu_latency_ms(run, repeats, log):
 
 # ---------------------------------------------------------------- tables
 
-def run_columns(selections):
+def run_columns(selections, budgets=()):
     columns = ['run', 'status', 'model', 'dataset', 'noise', 'seed', 'epochs', 'params', 'macs', 'model_size_mb',
-               'latency_ms']
+               'latency_ms'] + [f'meets_{m}' for m in budgets]
     return columns + [f'{s}_{key}' for s in selections
                       for key in [k for k, _ in METRICS] + ['epoch'] + ['epochs'] * (s == 'last5_mean')] + [
-        'noise_method', 'auroc', 'folder']
+        'noise_method', 'auroc'] + pareto.SEARCH_BUDGET_COLUMNS + ['folder']
 
 
-def group_columns(selections):
+def group_columns(selections, budgets=()):
     columns = ['model', 'dataset', 'noise', 'noise_method', 'setting', 'runs', 'seeds', 'params', 'macs',
-               'model_size_mb', 'latency_ms']
+               'model_size_mb', 'latency_ms'] + [f'meets_{m}' for m in budgets] + ['pareto']
     return columns + [f'{s}_{key}_{stat}' for s in selections for key, _ in METRICS for stat in ('mean', 'std')] + [
-        'last5_mean_epochs'] * ('last5_mean' in selections) + ['auroc_mean', 'auroc_std']
+        'last5_mean_epochs'] * ('last5_mean' in selections) + ['auroc_mean', 'auroc_std'] + pareto.SEARCH_BUDGET_COLUMNS
 
 
 def group_rows(runs, selections):
@@ -439,7 +479,9 @@ def group_rows(runs, selections):
                  'noise_method': json.loads(method) if method else DASH,
                  'setting': ', '.join(f'{flag} {value}' for flag, value in differing), 'runs': len(rows),
                  'seeds': ' '.join(str(r['seed']) for r in rows), 'params': params, 'macs': macs,
-                 'model_size_mb': rows[0]['model_size_mb'], 'latency_ms': mean([r['latency_ms'] for r in rows])}
+                 'model_size_mb': rows[0]['model_size_mb'], 'latency_ms': mean([r['latency_ms'] for r in rows]),
+                 'panel': f'{dataset}, noise {noise}', 'search': rows[0]['search'],
+                 **{column: rows[0][column] for column in pareto.SEARCH_BUDGET_COLUMNS}}  # the model names the search
         for s in selections:
             for key, _ in METRICS:
                 values = [r[f'{s}_{key}'] for r in rows]
@@ -491,7 +533,7 @@ def markdown_table(header, rows):
     return '\n'.join(lines)
 
 
-def markdown_report(runs, groups, selections, figures, args, notes):
+def markdown_report(runs, groups, selections, figures, args, notes, fronts):
     evals = [r for r in runs if r['kind'] == 'eval']
     searches = [r for r in runs if r['kind'] == 'search']
     latency = (f'CPU batch-1 latency: median over {args.latency_repeats} repeats of {LATENCY_STEPS} forward passes of '
@@ -507,6 +549,9 @@ def markdown_report(runs, groups, selections, figures, args, notes):
         out.append(f'- `{r["label"]}`: {r["kind"]} run, {r["status"]}' + (f' ({why})' if why else ''))
     labels = [f'{label} {SELECTIONS[s]}' for s in selections for _, label in METRICS]
     noisy = any(r['row']['auroc'] != DASH or r['row']['noise_method'] not in (DASH, 'none') for r in evals)
+    budgets = pareto.given_budgets(args)
+    searched = any(r['row']['search_budgets'] != DASH for r in evals)
+    given = [pareto.budget_label(m, v) for m, v in budgets.items()]
     if evals:
         out += ['', '## Every eval run', '',
                 'Accuracy, balanced accuracy (mean recall over classes) and macro-F1 on the test set, in %, of the '
@@ -519,16 +564,18 @@ def markdown_report(runs, groups, selections, figures, args, notes):
                                  'last epoch\'s AUROC of its per-sample score for flipped training labels.'
                                  if noisy else ''), '']
         header = ['run', 'status', 'model', 'dataset', 'noise', 'seed', 'epochs', 'params', 'MACs', 'size (MB)',
-                  'latency (ms)'] + labels + ['method', 'AUROC'] * noisy
+                  'latency (ms)'] + given + labels + ['method', 'AUROC'] * noisy + pareto.SEARCH_HEADER * searched
         rows = []
         for r in evals:
             row = r['row']
             rows.append([row['run'], row['status'], row['model'], row['dataset'], row['noise'], row['seed'],
                          row['epochs'], number(row['params'], 'count'), number(row['macs'], 'mega'),
                          number(row['model_size_mb'], 'float'), number(row['latency_ms'], 'float')] +
+                        [row[f'meets_{m}'] for m in budgets] +
                         [averaged(number(row[f'{s}_{key}'], 'float'), s, row) for s in selections
                          for key, _ in METRICS] +
-                        [row['noise_method'], number(row['auroc'], 'ratio')] * noisy)
+                        [row['noise_method'], number(row['auroc'], 'ratio')] * noisy +
+                        pareto.search_cells(row) * searched)
         out += [markdown_table(header, rows), '']
         left_out = len(evals) - sum(g['runs'] for g in groups)
         out += ['## Mean ± standard deviation over seeds', '',
@@ -540,17 +587,18 @@ def markdown_report(runs, groups, selections, figures, args, notes):
                 (f' {left_out} unfinished, failed or damaged run(s) left out.' if left_out else ''), '']
         header = (['model', 'dataset', 'noise'] + ['method'] * noisy + ['setting', 'runs', 'seeds', 'params', 'MACs',
                                                                          'size (MB)', 'latency (ms)'] +
-                  labels + ['AUROC'] * noisy)
+                  given + ['Pareto'] + labels + ['AUROC'] * noisy + pareto.SEARCH_HEADER * searched)
         rows = [[g['model'], g['dataset'], g['noise']] + [g['noise_method']] * noisy +
                 [g['setting'], g['runs'], g['seeds'], number(g['params'], 'count'), number(g['macs'], 'mega'),
                  number(g['model_size_mb'], 'float'), number(g['latency_ms'], 'float')] +
+                [g[f'meets_{m}'] for m in budgets] + [g['pareto']] +
                 [averaged(mean_std(g[f'{s}_{key}_mean'], g[f'{s}_{key}_std']), s, g)
                  for s in selections for key, _ in METRICS] +
-                [mean_std(g['auroc_mean'], g['auroc_std'], digits=3)] * noisy
+                [mean_std(g['auroc_mean'], g['auroc_std'], digits=3)] * noisy + pareto.search_cells(g) * searched
                 for g in groups]
         out += [markdown_table(header, rows), '']
-    if figures.get('cost'):
-        out += ['## Accuracy versus size', ''] + [f'![{name}]({path})' for name, path in figures['cost']] + ['']
+        out += pareto.cost_section(groups, fronts, figures.get('cost', []), args, SELECTIONS[args.selection],
+                                   searched)
     for r in evals:
         if figures.get('runs', {}).get(r['stem']):
             out += [f'### {r["label"]}', '',
@@ -570,7 +618,7 @@ def mean_std(mean_value, std_value, digits=2):
 def averaged(cell, selection, row):
     """A cell of the last-5 selection says how many epochs it averaged where a short run had fewer than 5."""
     epochs = row.get('last5_mean_epochs', DASH)
-    if selection != 'last5_mean' or cell == DASH or epochs == DASH or epochs >= train.LAST_EPOCHS:
+    if selection != 'last5_mean' or cell == DASH or epochs == DASH or epochs >= LAST_EPOCHS:
         return cell
     return f'{cell} (last {epochs})'
 
@@ -579,24 +627,22 @@ def averaged(cell, selection, row):
 
 def draw_figures(runs, groups, selection, out, log):
     """Every figure of the report, as PNG and PDF under out/figures; returns {section: [(name, path of the PNG
-    relative to out)]}: 'cost' the accuracy-versus-size figures, 'runs' {stem of a run: its figures}."""
+    relative to out)]}: 'cost' the accuracy-versus-cost figures, 'runs' {stem of a run: its figures}."""
     figures = {'cost': [], 'runs': {}}
 
     def path(name):
         return os.path.join('figures', f'{name}.png')
 
-    method = lambda g: f' {g["noise_method"]}' if g['noise_method'] not in (DASH, 'none') else ''
-    points = [{'model': g['short_model'] + method(g) + (f' ({g["setting"]})' if g['setting'] else ''),
-               'panel': f'{g["dataset"]}, noise {g["noise"]}', 'params': g['params'], 'macs': g['macs'],
-               'accuracy': g[f'{selection}_accuracy_mean'], 'std': g[f'{selection}_accuracy_std'], 'runs': g['runs']}
-              for g in groups if f'{selection}_accuracy_mean' in g and DASH not in
-              (g['params'], g['macs'], g[f'{selection}_accuracy_mean'])]
-    for point in points:
-        point['std'] = None if point['std'] == DASH else point['std']
-    if points:
-        for cost in ('params', 'macs'):
+    points = [{'model': label, 'panel': g['panel'], **{cost: g[cost] for cost in pareto.COSTS},
+               'accuracy': g[f'{selection}_accuracy_mean'], 'runs': g['runs'],
+               'std': None if g[f'{selection}_accuracy_std'] == DASH else g[f'{selection}_accuracy_std']}
+              for g, label in zip(groups, pareto.figure_labels(groups))
+              if g.get(f'{selection}_accuracy_mean', DASH) != DASH]
+    for cost in pareto.COSTS:  # one figure per cost, of the rows that have it (no latency: no latency figure)
+        here = [p for p in points if p[cost] != DASH]
+        if here:
             name = f'accuracy_vs_{cost}'
-            visualize.plot_accuracy_versus_cost(points, cost, os.path.join(out, path(name)),
+            visualize.plot_accuracy_versus_cost(here, cost, os.path.join(out, path(name)),
                                                 f'test accuracy (%), {SELECTIONS[selection]}')
             figures['cost'].append((name, path(name)))
     progress = Progress(log, 'drawing the figures of', len(runs))

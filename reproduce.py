@@ -18,6 +18,7 @@ import recipes
 import run_folder
 import tables
 from errors import UserError
+from selection import LAST_EPOCHS
 from launchers import (INTERRUPTED, SCRIPTS, SLURM_CPUS, SLURM_MINUTES, SLURM_TIMEOUTS, Job,
                        finished, latest_run, launcher_class, lock_holder, set_aside, step_now)
 
@@ -69,6 +70,12 @@ parser.add_argument('--rafdb', default=cli.DEFAULT_ROOTS['rafdb'], help='the RAF
 parser.add_argument('--affectnet', default=cli.DEFAULT_ROOTS['affectnet'], help='the AffectNet folder')
 parser.add_argument('--msceleb', default='resnet18_msceleb.pth',
                     help="the MS-Celeb-1M ResNet-18 checkpoint of the noise methods' papers (RUL's and EAC's file)")
+parser.add_argument('--mfn_msceleb', default='MFN_msceleb.pth',
+                    help="DDAMFN's MS-Celeb-1M MixedFeatureNet (its repository's pretrained/MFN_msceleb.pth)")
+parser.add_argument('--efficientface_msceleb', default='Pretrained_EfficientFace.tar',
+                    help="EfficientFace's MS-Celeb-1M weights (its README's Pretrained_EfficientFace.tar)")
+parser.add_argument('--efficientface_ldg', default='Pretrained_LDG.tar',
+                    help="EfficientFace's label distribution generator for RAF-DB, a ResNet-50 (Pretrained_LDG.tar)")
 parser.add_argument('--benchmark', action='append', default=[],
                     help='--plan: a JSON file of benchmark.py --json whose step times the plan uses (repeat it for '
                          'several models)')
@@ -175,13 +182,18 @@ class SeedRun:
 def steps(run, roots, args):
     """The steps a seed still needs: a finished run is skipped, an interrupted (or, with --retry_failed, a failed)
     run with a checkpoint resumes, any other starts anew; a training after a search reads the search's genotype."""
-    todo = [step_now(kind, run.runs[kind], fresh_flags(run.row, run.seed, kind, roots, args.scale, args.msceleb),
+    todo = [step_now(kind, run.runs[kind], fresh_flags(run.row, run.seed, kind, roots, args.scale, weight_files(args)),
                      run.folder) for kind in run.kinds]
     return [step for step in todo if step is not None]
 
 
-def fresh_flags(row, seed, kind, roots, scale, msceleb):
-    """The command-line flags of a new run of `kind` for one seed of a row."""
+def weight_files(args):
+    """{placeholder of tables.WEIGHT_FILES: the file its reproduce.py flag gives}."""
+    return {placeholder: getattr(args, flag) for placeholder, (flag, _) in tables.WEIGHT_FILES.items()}
+
+
+def fresh_flags(row, seed, kind, roots, scale, files):
+    """The command-line flags of a new run of `kind` for one seed of a row (files: weight_files)."""
     flags = dict(row.search if kind == 'search' else row.train)
     save = f'{row.name}-s{seed}'
     if scale == 'smoke':
@@ -189,14 +201,16 @@ def fresh_flags(row, seed, kind, roots, scale, msceleb):
     flags.update(data=roots.get(flags.get('dataset')), save=save, seed=seed)
     if kind == 'eval' and row.search:
         flags['genotype_file'] = f'search-{save}-*'  # the search of this job, in the same folder
-    if flags.get('pretrained') == tables.MSCELEB:
-        flags['pretrained'] = os.path.abspath(msceleb)
+    for name, value in flags.items():
+        if isinstance(value, str) and value in files:  # --pretrained, --efficientface_teacher
+            flags[name] = os.path.abspath(files[value])
     return flag_list(flags)
 
 
 def smoke_flags(flags, kind):
-    """A row's flags at --scale smoke: tiny networks and inputs, few epochs, no pretrained weights."""
-    flags = {name: value for name, value in flags.items() if name != 'pretrained'}
+    """A row's flags at --scale smoke: tiny networks and inputs, few epochs, no pretrained weights or teacher."""
+    flags = {name: value for name, value in flags.items()
+             if name != 'pretrained' and not (isinstance(value, str) and value in tables.WEIGHT_FILES)}
     model = flags.get('model', 'gla_fernet')
     flags.update(SMOKE_FLAGS)
     if kind == 'search' or model == 'gla_fernet':
@@ -207,7 +221,7 @@ def smoke_flags(flags, kind):
         # the network train.py will build (its flags are SMOKE_DARTS too): what a budget is the cost of
         flags.update(target_channels=SMOKE_DARTS['init_channels'], target_layers=SMOKE_DARTS['layers'])
     else:
-        flags['image_size'] = max(flags['image_size'], recipes.MODELS[model].min_image_size)
+        flags['image_size'] = recipes.fitting_image_size(model, flags['image_size'])  # DDAMFN: 112, EfficientFace: 224
         recipe = recipes.MODELS[model].recipe
         if recipe.get('pretrained'):
             flags['pretrained'] = 'none'  # CoRes-SE's recipe downloads ImageNet weights
@@ -238,10 +252,11 @@ def data_roots(rows, args, create):
         if create and not os.path.isdir(roots[dataset]):
             raise UserError(f'{roots[dataset]} does not exist: give the {dataset} folder with '
                             f'--{DATA_FLAGS[dataset]} PATH (docs/datasets.md), or try --scale smoke')
-    uses_msceleb = any(tables.MSCELEB in row.train.values() for row in rows)
-    if create and args.scale == 'full' and uses_msceleb and not os.path.isfile(args.msceleb):
-        raise UserError(f'{args.msceleb} does not exist: give the MS-Celeb-1M ResNet-18 checkpoint with --msceleb '
-                        f'PATH (docs/noise.md), or try --scale smoke')
+    for placeholder, (flag, what) in tables.WEIGHT_FILES.items():
+        path = getattr(args, flag)
+        used = any(placeholder in row.train.values() for row in rows)
+        if create and args.scale == 'full' and used and not os.path.isfile(path):
+            raise UserError(f'{path} does not exist: give {what} with --{flag} PATH, or try --scale smoke')
     return roots
 
 
@@ -309,8 +324,8 @@ def selection_label(selection, result=None):
     import report
     label = report.SELECTIONS.get(selection, selection)
     epochs = (result or {}).get('last5_epochs')
-    if selection == 'last5_mean' and epochs is not None and epochs < report.train.LAST_EPOCHS:
-        label = f'mean of the last {epochs} epochs: the runs had fewer than {report.train.LAST_EPOCHS}'
+    if selection == 'last5_mean' and epochs is not None and epochs < LAST_EPOCHS:
+        label = f'mean of the last {epochs} epochs: the runs had fewer than {LAST_EPOCHS}'
     return label
 
 
@@ -441,7 +456,7 @@ def plan(rows, runs, args):
                 recipe = train.recipe if not row.search else lambda a: (method, genotypes.METHODS[method]['train'])
                 script = train_search if kind == 'search' else train
                 parsed = cli.parse(script.parser, None, train_search.recipe if kind == 'search' else recipe,
-                                   fresh_flags(row, run.seed, kind, roots, args.scale, args.msceleb))
+                                   fresh_flags(row, run.seed, kind, roots, args.scale, weight_files(args)))
                 images = SMOKE_IMAGES['n_train'] if args.scale == 'smoke' else sum(
                     synthetic.LAYOUTS[parsed.dataset]['counts']['train'][:parsed.affectnet_classes])
                 steps = (int(images * parsed.train_portion) // parsed.batch_size if kind == 'search' else

@@ -8,6 +8,17 @@ placeholders below."""
 from dataclasses import dataclass, field
 
 MSCELEB = '{msceleb}'  # reproduce.py --msceleb: the MS-Celeb-1M ResNet-18 of SCN, RUL, EAC and NLA
+MFN_MSCELEB = '{mfn_msceleb}'  # reproduce.py --mfn_msceleb: DDAMFN's MS-Celeb-1M MixedFeatureNet
+EFFICIENTFACE_MSCELEB = '{efficientface_msceleb}'  # reproduce.py --efficientface_msceleb
+EFFICIENTFACE_LDG = '{efficientface_ldg}'  # reproduce.py --efficientface_ldg: EfficientFace's teacher, a ResNet-50
+# The placeholders of weight files in a row's flags (--pretrained, --efficientface_teacher): the reproduce.py flag that
+# gives each, and what it is.
+WEIGHT_FILES = {MSCELEB: ('msceleb', 'the MS-Celeb-1M ResNet-18 checkpoint (docs/noise.md)'),
+                MFN_MSCELEB: ('mfn_msceleb', "DDAMFN's MS-Celeb-1M MixedFeatureNet (docs/baselines.md \"DDAMFN\")"),
+                EFFICIENTFACE_MSCELEB: ('efficientface_msceleb', "EfficientFace's MS-Celeb-1M weights "
+                                                                 '(docs/baselines.md "EfficientFace")'),
+                EFFICIENTFACE_LDG: ('efficientface_ldg', "EfficientFace's label distribution generator "
+                                                         '(docs/baselines.md "EfficientFace")')}
 SEEDS = (0, 1, 2)
 
 # How a paper chose the epoch of its number, and how ours is chosen to match (metrics.json's record; report.SELECTIONS).
@@ -108,6 +119,20 @@ LIGHTWEIGHT_RAFDB = Table(
                           'max validation accuracy (the best test epoch)'),
             selection='test_best', label='CoRes-SE', column='RAF-DB',
             note='its last epoch gave the same 89.11, its SWA weights 89.02'),
+        # The two official scripts evaluate on the test set after every epoch and report the best epoch.
+        Row('ddamfn', {'dataset': 'rafdb', 'model': 'ddamfn', 'pretrained': MFN_MSCELEB}, reported=91.35,
+            source=Source('DDAMFN (Electronics 2023)', 'comparison with the state of the art on RAF-DB', 'DDAMFN',
+                          'accuracy'),
+            selection='test_best', label='DDAMFN', column='RAF-DB',
+            note='from its MS-Celeb-1M MixedFeatureNet; the paper also reports 67.03 on AffectNet-7 and 64.25 on '
+                 'AffectNet-8 (docs/baselines.md)'),
+        Row('efficientface', {'dataset': 'rafdb', 'model': 'efficientface', 'pretrained': EFFICIENTFACE_MSCELEB,
+                              'efficientface_teacher': EFFICIENTFACE_LDG},
+            reported=88.36, source=Source('EfficientFace (AAAI 2021)', 'comparison on RAF-DB; its README and '
+                                          'log/RAF-DB.txt', 'EfficientFace', 'accuracy'),
+            selection='test_best', label='EfficientFace', column='RAF-DB',
+            note='from its MS-Celeb-1M weights, trained on the soft labels of its ResNet-50 label distribution '
+                 'generator as in the paper'),
         Row('gla_fernet', {'dataset': 'rafdb', 'arch': 'GLA_FERNet'}, selection='test_best', label='GLA-FERNet',
             column='RAF-DB', note='the released genotype; the paper\'s number is not in our sources (the released '
                                   'code reports the best test epoch, best_acc)'),
@@ -208,8 +233,8 @@ BUDGET_RAFDB = Table(
         [budget_row(method, 'macs', fraction, stem_stride=2) for method in BUDGET_METHODS
          for fraction in BUDGET_FRACTIONS[:2]]),
     note='No reported numbers: budgets are ours. Each genotype trains at its search\'s target network (train.py '
-         '--genotype_file takes it); report.py --pareto draws accuracy against cost and says which budget each '
-         'network meets.',
+         '--genotype_file takes it); report.py on the table\'s runs draws accuracy against cost with the Pareto '
+         'front and says which of its search\'s budgets each network meets.',
     columns=('unconstrained',) + tuple(f'{metric} {fraction}' for metric in ('macs', 'params')
                                        for fraction in BUDGET_FRACTIONS) +
             tuple(f'macs {fraction} (stem stride 2)' for fraction in BUDGET_FRACTIONS[:2]))

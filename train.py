@@ -51,7 +51,12 @@ network.add_argument('--pretrained', type=cli.optional(str), default=None,
                      help="shufflenet_v2, cores_se, resnet18: ImageNet weights for the backbones: 'imagenet' "
                           "(torchvision downloads them), a folder holding torchvision's weight files, or 'none'; "
                           "resnet18 also takes a face-recognition checkpoint file, such as the MS-Celeb-1M "
-                          "resnet18_msceleb.pth of SCN, RUL, EAC and NLA")
+                          "resnet18_msceleb.pth of SCN, RUL, EAC and NLA; ddamfn, efficientface take only theirs "
+                          "(MFN_msceleb.pth, Pretrained_EfficientFace.tar)")
+network.add_argument('--efficientface_teacher', default=None,
+                     help="efficientface: its label distribution generator, a frozen ResNet-50 file "
+                          "(Pretrained_LDG.tar) whose soft labels are the loss's targets in place of the hard labels, "
+                          "as in its paper")
 training = parser.add_argument_group("training options (any model; a model's recipe sets some of them)")
 training.add_argument('--optimizer', choices=['sgd', 'adamw', 'adam'], default='sgd',
                       help='sgd uses --momentum; adam adds the weight decay to the gradient (L2, as the noisy-label '
@@ -165,7 +170,8 @@ def check_args(parser, args):
         if args.model not in models and getattr(args, flag) != parser.get_default(flag):
             parser.error(f'argument --{flag}: applies to --model {" or ".join(models)}, not to --model {args.model}')
     face = recipes.MODELS[args.model].face_checkpoint
-    if args.pretrained is not None and not recipes.MODELS[args.model].pretrained and not os.path.isfile(args.pretrained):
+    if args.pretrained is not None and not recipes.MODELS[args.model].pretrained and not os.path.isfile(
+            args.pretrained):
         parser.error(f'argument --pretrained: {args.pretrained} is no file; {args.model} starts from its '
                      f'face-recognition checkpoint file ({face}) or from scratch (none)')
     if args.pretrained not in (None, 'imagenet') and not os.path.isdir(args.pretrained) and not (
@@ -184,6 +190,7 @@ def check_args(parser, args):
     problem = recipes.image_size_problem(args.model, args.image_size)
     if problem:
         parser.error(f'argument --image_size: {problem}')
+    check_teacher_args(parser, args)
     if args.scheduler == 'plateau' and args.lr_warmup_epochs:
         parser.error('argument --lr_warmup_epochs: applies to --scheduler cosine or step, not plateau')
     check_noise_args(parser, args)
@@ -194,6 +201,19 @@ def check_args(parser, args):
                      f'the --epochs {args.epochs} at the full learning rate; give --lr_warmup_epochs 0, or fewer '
                      f'warm-up epochs than --epochs')
 
+
+
+def check_teacher_args(parser, args):
+    """--efficientface_teacher: a file; its soft labels replace the targets, which nothing else may change."""
+    if args.efficientface_teacher is None:
+        return
+    if not os.path.isfile(args.efficientface_teacher):
+        parser.error(f'argument --efficientface_teacher: {args.efficientface_teacher} is no file')
+    given = [f'--{flag} {getattr(args, flag)}' for flag in ('mixup_alpha', 'cutmix_alpha', 'label_smoothing')
+             if getattr(args, flag)] + ([f'--noise_method {args.noise_method}'] if args.noise_method != 'none' else [])
+    if given:
+        parser.error(f"argument --efficientface_teacher: its soft labels are the loss's targets, which "
+                     f"{', '.join(given)} would change")
 
 
 def check_noise_args(parser, args):
@@ -241,6 +261,7 @@ import noise  # noqa: E402
 import training_step  # noqa: E402
 import utils  # noqa: E402
 import visualize  # noqa: E402
+from selection import SUMMARY, Selection  # noqa: E402
 from augment import Augmentation, BatchMixer  # noqa: E402
 from baselines import create_model, cumulative_alpha, load_pretrained, model_options  # noqa: E402
 
@@ -258,7 +279,7 @@ def main(args, log):
     num_classes = len(loaders.class_names)
 
     model, stats = build_model(args, run, genotype, num_classes, log)
-    method = training_method(args, loaders, num_classes)
+    method = training_method(args, loaders, num_classes, log)
     optimizer = make_optimizer(method.parameter_groups(model), args)
     scheduler = make_scheduler(optimizer, args)
     amp_dtype, use_scaler = utils.amp_settings(device, args.amp)
@@ -318,13 +339,18 @@ def main(args, log):
     report.summary(last, selection, swa)
 
 
-def training_method(args, loaders, num_classes):
+def training_method(args, loaders, num_classes, log=print):
     """The --noise_method's training (noise.METHODS; none: cross-entropy with the recipe's Mixup/CutMix and
     RLR-CNet's second batches)."""
     mixer = None
     if args.mixup_alpha or args.cutmix_alpha:
         mixer = BatchMixer(num_classes, args.mixup_alpha, args.cutmix_alpha, args.mix_switch_prob,
                            args.label_smoothing, args.seed)
+    elif args.efficientface_teacher:  # its soft labels in place of the hard ones (frontier.py)
+        import frontier
+        mixer = frontier.LabelDistributionGenerator(args.efficientface_teacher, num_classes, args.dataset,
+                                                    loaders.train.labels.device)
+        log(mixer.describe())
     return noise.method_class(args.noise_method)(args, loaders.train.labels, loaders.clean_labels,
                                                  loaders.augmentation, mixer, loaders.reversed)
 
@@ -512,48 +538,6 @@ def make_scheduler(optimizer, args):
         floor = args.learning_rate_min / args.learning_rate
         return floor + (1 - floor) * (1 + math.cos(math.pi * epoch / args.epochs)) / 2
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-NOT_YET = {'epoch': -1, 'accuracy': -1.0}  # a selection record before any epoch
-SUMMARY = ('accuracy', 'balanced_accuracy', 'f1', 'loss')  # the validation figures a selection record keeps
-LAST_SUMMARY = ('epoch', 'accuracy', 'balanced_accuracy', 'f1')
-LAST_EPOCHS = 5  # EAC reports the mean test accuracy of its last 5 epochs (EAC issue 2), as noisy-label FER papers do
-
-
-class Selection:
-    """The epochs a run reports besides the last, each a record of its test metrics: test_selected (best test
-    accuracy: optimistic, the released best_acc) and val_selected (best validation accuracy, with the validation
-    figures as val_*); and last5_mean, the mean test figures of the last LAST_EPOCHS epochs (of those run, when
-    fewer). best.pt holds the weights of `best_pt`'s epoch: val_selected where there is a validation set."""
-
-    def __init__(self, has_validation, log):
-        self.best = {'test_selected': NOT_YET, 'val_selected': NOT_YET}
-        self.best_pt = 'val_selected' if has_validation else 'test_selected'
-        log('best.pt: the epoch of best ' + ('validation accuracy' if has_validation else
-                                              'TEST accuracy (no validation set: give --val_portion for an unbiased one)'))
-
-    def update(self, epoch, last, valid):
-        if 'test_selected' not in self.best:  # a run started before validation selection recorded one record
-            self.best = {'test_selected': self.best, 'val_selected': NOT_YET}
-        last['epoch'] = epoch
-        if 'recent' in self.best:  # the name of a run started before it was called so
-            self.best['last_epochs'] = self.best.pop('recent')
-        # the last LAST_EPOCHS epochs' test figures, in the checkpoint's record, so a resumed run goes on with them
-        window = self.best.get('last_epochs', [])
-        self.best['last_epochs'] = window[-(LAST_EPOCHS - 1):] + [{key: last[key] for key in LAST_SUMMARY}]
-        if last['accuracy'] > self.best['test_selected']['accuracy']:
-            self.best['test_selected'] = dict(last)
-        if valid is not None and valid['accuracy'] > self.best['val_selected'].get('val_accuracy', -1.0):
-            self.best['val_selected'] = {**last, **{f'val_{key}': valid[key] for key in SUMMARY}}
-
-    def records(self):
-        """metrics.json's selection records."""
-        window = self.best.get('last_epochs', self.best.get('recent', []))
-        last5 = {'epoch': window[-1]['epoch'], 'epochs': len(window),
-                 **{key: sum(r[key] for r in window) / len(window) for key in LAST_SUMMARY if key != 'epoch'}}
-        return {'best_pt': self.best_pt, 'test_selected': self.best['test_selected'],
-                **({'val_selected': self.best['val_selected']} if self.best_pt == 'val_selected' else {}),
-                **({'last5_mean': last5} if window else {})}
 
 
 class Report:

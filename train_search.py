@@ -212,6 +212,9 @@ def report_search(log, run, costs, best):
                 f'{metric} by {100 * over:.1f}%' for metric, over in best['cost']['over'].items()) +
                 '; no epoch\'s genotype met it (costs.json has every epoch\'s; docs/budget.md says what to change)')
     if run.is_main:
+        if best.get('cost'):  # the written genotype's cost and missed budgets, beside the budgets
+            run.write_json(run_folder.METHOD, {**method_record(run.args, costs), 'genotype_epoch': best['epoch'],
+                                               'genotype_cost': best['cost']})
         log(f'genotype written to {run.path(run_folder.GENOTYPE)}; train it with: '
             f'python train.py --genotype_file {run.folder} {cli.data_flags(run.args)}')
 
@@ -234,7 +237,7 @@ def search_budget(args, num_classes, device, log):
     """The search's target network, budgets and penalty (budget.SearchBudget), as the log describes them; a budget
     that no genotype can meet at the target is said at once, with what would move it."""
     costs = budget.SearchBudget.from_args(args, num_classes, device)
-    log(f'target network: {costs.target.describe()}' + (f'; budgets: ' + ', '.join(
+    log(f'target network: {costs.target.describe()}' + ('; budgets: ' + ', '.join(
         f'{metric} {budget.format_cost(metric, value)}' for metric, value in costs.budgets.items()) +
         f', penalty weight {args.budget_weight}' if costs.budgets else '; no budget'))
     if costs.latency is not None:

@@ -1,5 +1,5 @@
 """Figures of runs, drawn with matplotlib as PNG and PDF: searched cells (DARTS' cell diagrams without graphviz),
-confusion matrices, training curves, architecture weights over a search (paper Sec. 4), accuracy versus size."""
+confusion matrices, training curves, architecture weights over a search (paper Sec. 4), accuracy versus cost."""
 import os
 import textwrap
 
@@ -7,8 +7,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.path import Path
-from matplotlib.ticker import EngFormatter, FixedLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
+import pareto
 import run_folder
 from genotypes import PRIMITIVES, parse_genotype
 
@@ -285,12 +286,13 @@ def cost_ticks(low, high):
 
 
 def plot_accuracy_versus_cost(points, cost, path, accuracy_label):
-    """Accuracy against parameters or multiply-adds (log scale), one panel per dataset and noise level.
+    """Accuracy against parameters, multiply-adds or latency (log scale), one panel per dataset and noise level.
 
-    points: dicts with 'model' (its legend entry: keep it short), 'panel' (its title), the cost `cost` ('params' or
-    'macs'), 'accuracy', 'std' (over seeds; None for one run) and 'runs'. Each model keeps its marker in every panel;
-    the Pareto front (the models that no other is both smaller than and at least as accurate as) is the dashed line.
-    The legend goes below the panels, in as many columns as fit, so that it never narrows or covers them."""
+    points: dicts with 'model' (its legend entry: keep it short), 'panel' (its title), the cost `cost` ('params',
+    'macs' or 'latency_ms'), 'accuracy', 'std' (over seeds; None for one run) and 'runs'. Each model keeps its marker
+    in every panel; the Pareto front of each panel (pareto.pareto_front: the models no other beats on both cost and
+    accuracy) is ringed and joined by a dashed step line: the best accuracy reached at each cost. The legend goes
+    below the panels, in as many columns as fit, so that it never narrows or covers them."""
     panels = sorted({p['panel'] for p in points})
     models = sorted({p['model'] for p in points})
     width = max(MIN_WIDTH, 1.0 + PANEL_WIDTH * len(panels))
@@ -305,28 +307,22 @@ def plot_accuracy_versus_cost(points, cost, path, accuracy_label):
             m = models.index(p['model'])
             ax.errorbar(p[cost], p['accuracy'], yerr=p['std'] or 0, fmt=MARKERS[m % len(MARKERS)], ms=7,
                         color=COLOURS[m % len(COLOURS)], capsize=3, label=p['model'])
-        front, best = [], -np.inf
-        for p in here:
-            if p['accuracy'] > best:
-                front.append(p)
-                best = p['accuracy']
-        if len(front) > 1:
-            ax.plot([p[cost] for p in front], [p['accuracy'] for p in front], ls='--', color='0.4', lw=1, zorder=0,
-                    label='Pareto front')
+        front = draw_front(ax, pareto.pareto_front(here, cost), cost)
         ax.set_title(panel, fontsize=10)
         ax.grid(alpha=0.3, which='both')
         ax.tick_params(labelsize=8)
-        ax.set_xlabel('parameters' if cost == 'params' else 'multiply-adds (MACs) per image', fontsize=9)
+        ax.set_xlabel(pareto.AXES[cost], fontsize=9)
     low, high = min(p[cost] for p in points), max(p[cost] for p in points)
     pad = max((high / low) ** COST_MARGIN, 1.2)  # room for the markers at both ends, also for a single point
     axes[0].set_xscale('log')  # shared: every panel
     axes[0].set_xlim(low / pad, high * pad)
     axes[0].xaxis.set_major_locator(FixedLocator(cost_ticks(low / pad, high * pad)))
-    axes[0].xaxis.set_major_formatter(EngFormatter(sep=''))  # 500k, 2.5M, 1G
+    axes[0].xaxis.set_major_formatter(FuncFormatter(lambda value, _: f'{value:g}') if cost == 'latency_ms' else
+                                      EngFormatter(sep=''))  # 0.5, 2 (ms); 500k, 2.5M, 1G
     axes[0].xaxis.set_minor_formatter(NullFormatter())
     axes[0].margins(y=0.15)
     axes[0].set_ylabel(accuracy_label, fontsize=9)
-    handles = {}
+    handles = {'Pareto front': front}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
@@ -334,6 +330,16 @@ def plot_accuracy_versus_cost(points, cost, path, accuracy_label):
     figure.legend([handles[label] for label in labels], labels, loc='outside lower center', ncol=columns, fontsize=8,
                   title='mean ± std over seeds', title_fontsize=8, frameon=False)
     save_figure(figure, path)
+
+
+def draw_front(ax, front, cost):
+    """A panel's Pareto front (its points by increasing cost): each point ringed, and a dashed step line through them
+    that stays at a point's accuracy until the next costlier point (what a budget between the two can reach).
+    Returns the legend's handle: a ring on the line."""
+    costs, accuracies = [p[cost] for p in front], [p['accuracy'] for p in front]
+    line, = ax.step(costs, accuracies, where='post', ls='--', color='0.35', lw=1, zorder=0)
+    rings, = ax.plot(costs, accuracies, ls='none', marker='o', ms=13, mfc='none', mec='0.35', mew=1.1, zorder=0)
+    return line, rings
 
 
 # ---------------------------------------------------------------- faces: boxes on photos, class activation maps

@@ -212,6 +212,7 @@ def test_a_latency_budget_steers_a_search_and_an_unreachable_budget_is_said_at_t
     assert method['target'] == {'channels': 8, 'layers': 3, 'image_size': 16, 'stem_stride': 1,
                                 'stem_multiplier': 3, 'num_classes': 7}
     assert method['budgets'] == {'params': 1000.0, 'latency_ms': 1000.0}
+    assert method['genotype_epoch'] == best['epoch'] and method['genotype_cost']['over'] == best['over']
     # train.py --genotype_file builds the target network the costs are for
     args = cli.parse(train.parser, train.check_args, train.recipe, ['--genotype_file', folder])
     assert (args.init_channels, args.layers, args.image_size, args.stem_stride) == (8, 3, 16, 1)

@@ -20,6 +20,7 @@ import train
 import utils
 from conftest import TINY_DARTS, make_run
 from errors import UserError
+from selection import Selection
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -264,12 +265,12 @@ def test_auroc_is_exact_with_ties_counted_half():
 
 
 def test_the_last_five_epochs_mean_is_exact_and_survives_a_resume():
-    selection = train.Selection(has_validation=False, log=lambda *a: None)
+    selection = Selection(has_validation=False, log=lambda *a: None)
     accuracies = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0]
     for epoch, accuracy in enumerate(accuracies):
         if epoch == 4:  # a resume restores the record from the checkpoint
             best = json.loads(json.dumps(selection.best))
-            selection = train.Selection(has_validation=False, log=lambda *a: None)
+            selection = Selection(has_validation=False, log=lambda *a: None)
             selection.best = best
         selection.update(epoch, {'accuracy': accuracy, 'balanced_accuracy': accuracy / 2, 'f1': 1.0}, None)
     record = selection.records()['last5_mean']

@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 import genotypes
+import pareto
 import report
 import run_folder
 import utils
@@ -76,8 +79,9 @@ def test_report_tables_equal_the_runs_metrics_with_means_over_seeds_and_figures(
     assert f'| {gla["accuracy"]:.2f} | {gla["balanced_accuracy"]:.2f} | {gla["f1"]:.2f} |' in text
 
     search = os.path.basename(runs['search'])
-    expected = ['accuracy_vs_params', 'accuracy_vs_macs', f'{search}-curves', f'{search}-normal-cell',
-                f'{search}-reduce-cell', f'{search}-normal-weights', f'{search}-reduce-weights']
+    expected = ['accuracy_vs_params', 'accuracy_vs_macs', 'accuracy_vs_latency_ms', f'{search}-curves',
+                f'{search}-normal-cell', f'{search}-reduce-cell', f'{search}-normal-weights',
+                f'{search}-reduce-weights']
     for name in names:
         expected += [f'{os.path.basename(runs[name])}-curves', f'{os.path.basename(runs[name])}-confusion']
     for name in expected:
@@ -364,17 +368,18 @@ def drawn_figure(monkeypatch, draw):
     return figure, FigureCanvasAgg(figure).get_renderer()
 
 
-@pytest.mark.parametrize('low, high', [(3e4, 5e4), (4e7, 9e8), (2e5, 8e9)])
-def test_accuracy_versus_size_is_readable_with_the_names_users_give(tmp_path, monkeypatch, low, high):
-    labels = ['fgw_fer', 'fgw_fer (epochs 1)', 'gla_fernet GLA_FERNet', 'pc_darts genotype (pcdarts-noise30-seed2)',
+@pytest.mark.parametrize('cost, low, high', [('macs', 3e4, 5e4), ('macs', 4e7, 9e8), ('params', 2e5, 8e9),
+                                             ('latency_ms', 3.9, 6.1), ('latency_ms', 0.4, 80)])
+def test_accuracy_versus_cost_is_readable_with_the_names_users_give(tmp_path, monkeypatch, cost, low, high):
+    labels = ['fgw_fer', 'fgw_fer (epochs 1)', 'gla_fernet (MACs ≤ 262M, latency ≤ 4.5 ms)',
+              'pc_darts genotype (pcdarts-noise30-seed2)',
               'darts genotype (darts-second-order-long)', 'emonas genotype (emonas-rafdb-reproduction)',
               'searched genotype (search-from-machine-b)', 'gla_fernet genotype 3fa9c1']
     costs = np.geomspace(low, high, len(labels))
-    points = [{'model': label, 'panel': f'rafdb, noise {noise}%', 'params': cost, 'macs': cost,
-               'accuracy': 80 + k % 5 - noise / 10, 'std': 0.5, 'runs': 2}
-              for noise in (0, 30) for k, (label, cost) in enumerate(zip(labels, costs))]
+    points = [{'model': label, 'panel': f'rafdb, noise {noise}%', cost: value, 'accuracy': 80 + k % 5 - noise / 10,
+               'std': 0.5, 'runs': 2} for noise in (0, 30) for k, (label, value) in enumerate(zip(labels, costs))]
     figure, renderer = drawn_figure(monkeypatch, lambda: visualize.plot_accuracy_versus_cost(
-        points, 'macs', str(tmp_path / 'cost.png'), 'test accuracy (%), last epoch'))
+        points, cost, str(tmp_path / 'cost.png'), 'test accuracy (%), last epoch'))
     legend = figure.legends[0].get_window_extent(renderer)
     inside = lambda box: (box.x0 >= figure.bbox.x0 - 1 and box.x1 <= figure.bbox.x1 + 1 and
                           box.y0 >= figure.bbox.y0 - 1 and box.y1 <= figure.bbox.y1 + 1)
@@ -389,6 +394,143 @@ def test_accuracy_versus_size_is_readable_with_the_names_users_give(tmp_path, mo
                        key=lambda b: b.x0)
         assert len(ticks) >= 2
         assert all(right.x0 - left.x1 > 0.1 * figure.dpi for left, right in zip(ticks, ticks[1:]))  # >= 0.1 inch
+
+
+# ---------------------------------------------------------------- accuracy against cost, budgets
+
+def test_the_pareto_front_keeps_what_no_other_point_beats():
+    point = lambda name, cost, accuracy, panel='a': {'name': name, 'cost': cost, 'accuracy': accuracy, 'panel': panel}
+    points = [point('cheap', 1, 80), point('better', 2, 85), point('same cost, worse', 2, 83),
+              point('same accuracy, costlier', 3, 85), point('best', 4, 90), point('tie with best', 4, 90),
+              point('dominated', 5, 70)]
+    front = [p['name'] for p in pareto.pareto_front(points, 'cost')]
+    assert front == ['cheap', 'better', 'best', 'tie with best']  # equal in both: neither beats the other
+    assert not pareto.dominates(points[4], points[5], 'cost') and not pareto.dominates(points[0], points[0], 'cost')
+    assert pareto.pareto_front(points[::-1], 'cost') == pareto.pareto_front(points, 'cost')[:2] + [points[5], points[4]]
+    assert pareto.pareto_front([points[3]], 'cost') == [points[3]] and pareto.pareto_front([], 'cost') == []
+    # one front per panel; a point missing its cost or accuracy is on none
+    other = [point('other panel', 9, 10, 'b'), point('no cost', '-', 99, 'b'), point('no accuracy', 1, None, 'b')]
+    fronts = pareto.fronts(points + other, 'cost')
+    assert [p['name'] for p in fronts['b']] == ['other panel'] and fronts['a'] == pareto.pareto_front(points, 'cost')
+
+
+def test_budgets_read_compactly_and_two_searches_for_one_budget_keep_apart():
+    assert pareto.budgets_label({'latency_ms': 4.5, 'macs': 262144, 'params': 1.5e6}) == \
+        'params ≤ 1.5M, MACs ≤ 262k, latency ≤ 4.5 ms'
+    assert pareto.meets(300, 300) == 'yes' and pareto.meets(301, 300) == 'no'
+    group = lambda model, short, search: {'model': model, 'short_model': short, 'search': search, 'setting': '',
+                                          'noise_method': 'none'}
+    groups = [group('gla_fernet genotype (search-a)', 'gla_fernet (MACs ≤ 1M)', 'a'),
+              group('gla_fernet genotype (search-b)', 'gla_fernet (MACs ≤ 1M)', 'b'),
+              group('gla_fernet genotype (search-c)', 'gla_fernet (MACs ≤ 2M)', 'c'),
+              group('fgw_fer', 'fgw_fer', '-'), group('fgw_fer', 'fgw_fer', '-')]  # one network in two panels
+    assert pareto.figure_labels(groups) == ['gla_fernet (MACs ≤ 1M) [a]', 'gla_fernet (MACs ≤ 1M) [b]',
+                                            'gla_fernet (MACs ≤ 2M)', 'fgw_fer', 'fgw_fer']
+
+
+def test_a_bad_budget_flag_is_refused_with_a_clear_message(capsys, tmp_path, monkeypatch):
+    for flag, value, message in (('--budget_macs', 'lots', 'must be a positive number such as 300000, 300k, 1.5M'),
+                                 ('--budget_params', '0', 'must be a positive number, got 0'),
+                                 ('--budget_latency_ms', '-2', 'must be a positive number, got -2')):
+        with pytest.raises(SystemExit):
+            report.parser.parse_args(['eval-*', flag, value])
+        assert f'argument {flag}: {message}' in capsys.readouterr().err
+    args = report.parser.parse_args(['eval-*', '--budget_params', '300k', '--budget_macs', '2e8'])
+    assert (args.budget_params, args.budget_macs) == (300e3, 2e8)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match='--budget_latency_ms compares the latency this report measures, and '
+                                        '--no-latency measures none'):
+        make_report('eval-*', '--budget_latency_ms', '5')
+    script = subprocess.run([sys.executable, report.__file__, 'eval-*', '--budget_latency_ms', '5', '--no-latency'],
+                            capture_output=True, text=True)
+    assert script.returncode == 2 and '--no-latency measures none: drop one of them' in script.stderr
+
+
+def budgeted_search(runs, folder, budgets, target):
+    """A copy of the session's search as a search for `budgets` at `target` (what train_search.py writes)."""
+    shutil.copytree(runs['search'], folder, ignore=shutil.ignore_patterns(run_folder.TENSORBOARD))
+    method = json.load(open(folder / run_folder.METHOD))
+    (folder / run_folder.METHOD).write_text(json.dumps({**method, 'target': target, 'budgets': budgets}))
+    genotype = (folder / run_folder.GENOTYPE).read_text().strip()
+    return ({'arch': None, 'genotype_file': str(folder / run_folder.GENOTYPE)},
+            {'genotype': genotype, 'recipe': {'name': 'gla_fernet', 'settings': {}}})
+
+
+def test_a_network_from_a_budgeted_search_says_which_budgets_it_meets(runs, tmp_path, monkeypatch):
+    trained = json.load(open(os.path.join(runs['gla_seed0'], run_folder.METRICS)))
+    params, macs = trained['params_without_auxiliary'], trained['macs']
+    target = {'channels': 8, 'layers': 3, 'image_size': 16, 'stem_stride': 1, 'stem_multiplier': 3, 'num_classes': 7}
+    args, metrics = budgeted_search(runs, tmp_path / 'search-tight-synthetic-20261201-101010',
+                                    {'params': params, 'macs': macs - 1, 'latency_ms': 2.0}, target)
+    copy_run(runs['gla_seed0'], tmp_path / 'eval-at-target', args=args, metrics=metrics)
+    copy_run(runs['gla_seed1'], tmp_path / 'eval-wider', args={**args, 'init_channels': 16}, metrics=metrics)
+    copy_run(runs['fgw_seed0'], tmp_path / 'eval-fgw')
+    monkeypatch.chdir(tmp_path)
+    make_report('eval-*', '--out', 'out', '--no-figures', '--budget_params', '1M', '--budget_macs', str(macs))
+    rows = {row['run']: row for row in read_csv(tmp_path / 'out' / 'runs.csv')}
+    fgw_params = json.load(open(os.path.join(runs['fgw_seed0'], run_folder.METRICS)))['params_without_auxiliary']
+    assert rows['eval-fgw']['meets_params'] == ('yes' if fgw_params <= 1e6 else 'no')
+    assert rows['eval-at-target']['meets_params'] == 'yes' and rows['eval-at-target']['meets_macs'] == 'yes'
+    searched = rows['eval-at-target']
+    assert searched['search_budgets'] == pareto.budgets_label({'params': params, 'macs': macs - 1, 'latency_ms': 2})
+    assert float(searched['search_budget_params']) == params and float(searched['search_budget_macs']) == macs - 1
+    assert (searched['search_budget_params_met'], searched['search_budget_macs_met']) == ('yes', 'no')
+    assert searched['search_budget_latency_ms_met'] == 'table'  # the table's device, not this CPU
+    assert searched['at_search_target'] == 'yes'
+    assert rows['eval-wider']['at_search_target'] == 'no: init_channels 16 (target 8)'
+    assert rows['eval-fgw']['search_budgets'] == '-' and rows['eval-fgw']['at_search_target'] == '-'
+    legend = report.architecture_label(*(json.load(open(tmp_path / 'eval-at-target' / name))
+                                         for name in (run_folder.ARGS, run_folder.METRICS)))[1]
+    assert legend == f'gla_fernet ({searched["search_budgets"]})'  # a budget sweep reads on the figures
+
+    groups = {row['setting'] or row['model']: row for row in read_csv(tmp_path / 'out' / 'groups.csv')}
+    at_target = groups['init_channels 8']
+    assert at_target['search_budget_macs_met'] == 'no' and at_target['meets_macs'] == 'yes'
+    assert all(row['pareto'] in ('none', 'params, macs', 'params', 'macs') for row in groups.values())
+    text = open(tmp_path / 'out' / 'report.md').read()
+    assert '| params ≤ 1M | MACs ≤ ' in text and '| search budgets | at search target |' in text
+    short = pareto.short_cost
+    cell = f'params ≤ {short("params", params)}: yes, MACs ≤ {short("macs", macs - 1)}: no, latency ≤ 2 ms: table'
+    assert cell in text
+    section = text.split('## Accuracy against cost')[1]
+    assert '- params, synthetic, noise 0%: ' in section and '- MACs, synthetic, noise 0%: ' in section
+    assert 'Latency was not measured (--no-latency): no latency front' in section
+
+
+def test_the_pareto_column_names_the_costs_a_group_is_on_the_front_of(runs, tmp_path, monkeypatch):
+    metrics = lambda name: json.load(open(os.path.join(runs[name], run_folder.METRICS)))
+    gla, fgw = metrics('gla_seed0'), metrics('fgw_seed0')
+    # a network as costly as GLA-FERNet in parameters but more accurate, and cheapest in MACs but least accurate
+    copy_run(runs['gla_seed0'], tmp_path / 'eval-gla')
+    copy_run(runs['fgw_seed0'], tmp_path / 'eval-fgw', metrics={
+        'params_without_auxiliary': gla['params_without_auxiliary'], 'macs': 1, 'flops': 2,
+        'last': {**fgw['last'], 'accuracy': gla['last']['accuracy'] - 1}})
+    copy_run(runs['fgw_seed1'], tmp_path / 'eval-fgw-better', metrics={
+        'params_without_auxiliary': gla['params_without_auxiliary'], 'macs': gla['macs'] * 2, 'flops': gla['macs'] * 4,
+        'last': {**fgw['last'], 'accuracy': gla['last']['accuracy'] + 1}})
+    monkeypatch.chdir(tmp_path)
+    make_report('eval-*', '--out', 'out', '--no-figures')
+    pareto_of = {(row['model'], row['seeds']): row['pareto'] for row in read_csv(tmp_path / 'out' / 'groups.csv')}
+    # in parameters, all equal, only the most accurate; in MACs each is cheaper or more accurate than the others
+    assert pareto_of == {('gla_fernet GLA_FERNet', '0'): 'macs', ('fgw_fer', '1'): 'params, macs',
+                         ('fgw_fer', '0'): 'macs'}
+
+
+def test_accuracy_against_each_cost_is_drawn_and_no_latency_figure_without_latency(runs, tmp_path, monkeypatch):
+    copy_run(runs['gla_seed0'], tmp_path / 'eval-gla')
+    copy_run(runs['fgw_seed0'], tmp_path / 'eval-fgw')
+    monkeypatch.chdir(tmp_path)
+    report.main(report.parser.parse_args(['eval-*', '--out', 'timed', '--latency_repeats', '1',
+                                          '--budget_latency_ms', '1e6']), utils.Log())
+    for cost in ('params', 'macs', 'latency_ms'):
+        assert_picture(tmp_path / 'timed' / 'figures' / f'accuracy_vs_{cost}.png')
+        assert f'(figures/accuracy_vs_{cost}.png)' in open(tmp_path / 'timed' / 'report.md').read()
+    assert {row['meets_latency_ms'] for row in read_csv(tmp_path / 'timed' / 'groups.csv')} == {'yes'}
+    assert any('latency' in row['pareto'] for row in read_csv(tmp_path / 'timed' / 'groups.csv'))
+    make_report('eval-*', '--out', 'untimed')
+    figures = sorted(name for name in os.listdir(tmp_path / 'untimed' / 'figures') if name.startswith('accuracy'))
+    assert figures == [f'accuracy_vs_{cost}.{ext}' for cost in ('macs', 'params') for ext in ('pdf', 'png')]
+    assert 'no accuracy-versus-latency figure' in open(tmp_path / 'untimed' / 'report.md').read()
 
 
 # ---------------------------------------------------------------- cell diagrams

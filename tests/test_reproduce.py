@@ -96,10 +96,11 @@ def test_seeds_takes_the_first_seeds_of_each_row_at_any_scale(tmp_path):
 def test_dry_run_lists_every_command_and_each_parses_against_its_scripts_parser(name, scale, tmp_path):
     import train
     import train_search
-    msceleb = tmp_path / 'resnet18_msceleb.pth'
-    msceleb.write_bytes(b'')  # train.py checks that --pretrained names a file
-    text = run_main([name, '--dry_run', '--out', str(tmp_path / 'tables'), '--scale', scale,
-                     '--msceleb', str(msceleb)])
+    files = []
+    for flag, _ in tables.WEIGHT_FILES.values():  # train.py checks that --pretrained names a file
+        (tmp_path / flag).write_bytes(b'')
+        files += [f'--{flag}', str(tmp_path / flag)]
+    text = run_main([name, '--dry_run', '--out', str(tmp_path / 'tables'), '--scale', scale, *files])
     commands = dry_run_commands(text)
     table = tables.TABLES[name]
     seeds = reproduce.SMOKE_SEEDS if scale == 'smoke' else len(tables.SEEDS)
@@ -128,10 +129,12 @@ def test_a_searched_row_trains_the_genotype_its_own_search_wrote(tmp_path):
 
 def test_plan_counts_runs_epochs_and_gpu_hours_from_the_given_step_time(tmp_path):
     text = run_main(['lightweight_rafdb', '--plan', '--step_seconds', '0.1', '--out', str(tmp_path)])
-    # 3 seeds of FGW-FER, ShuffleNetV2, RLR-CNet (300 epochs), CoRes-SE (50) and GLA-FERNet (600), each an epoch of
-    # RAF-DB's 12,271 training images (FGW-FER: 7/8 of them) in batches of 64, 16, 16, 32 and 64
-    steps = 3 * (300 * 168 + 300 * 767 + 300 * 767 + 50 * 384 + 600 * 192)
-    assert f'all: 15 runs, {3 * (3 * 300 + 50 + 600):,} GPU-epochs, {steps * 0.1 / 3600:,.1f} GPU-hours' in text
+    # 3 seeds of FGW-FER, ShuffleNetV2, RLR-CNet (300 epochs), CoRes-SE (50), DDAMFN (40), EfficientFace (100) and
+    # GLA-FERNet (600), each an epoch of RAF-DB's 12,271 training images (FGW-FER: 7/8 of them) in batches of 64, 16,
+    # 16, 32, 256, 128 and 64
+    steps = 3 * (300 * 168 + 300 * 767 + 300 * 767 + 50 * 384 + 40 * 48 + 100 * 96 + 600 * 192)
+    assert f'all: 21 runs, {3 * (3 * 300 + 50 + 40 + 100 + 600):,} GPU-epochs, {steps * 0.1 / 3600:,.1f} GPU-hours' \
+        in text
     assert 'step times: --step_seconds 0.1 (given)' in text
 
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+import baselines
 import budget
 import cli
 import genotypes
@@ -256,3 +257,11 @@ def test_benchmark_writes_a_latency_table_a_search_reads(tmp_path):
     latency.check(budget.Target(8, 3, 16), genotypes.PRIMITIVES)
     assert len(latency.ms) == 7 * 5 and all(ms > 0 for ms in latency.ms.values())  # 7 ops at 5 (shape, stride)
     assert latency.content['device'] and latency.content['torch'] == torch.__version__
+
+
+def test_train_builds_the_stem_its_flags_give_and_counts_a_quarter_of_the_multiply_adds():
+    args = cli.parse(train.parser, train.check_args, train.recipe, ['--stem_stride', '2', '--stem_multiplier', '2'])
+    network = baselines.create_model('gla_fernet', 7, **baselines.model_options(args, genotypes.GLA_FERNet))
+    assert network.stem[0].stride == (2, 2) and network.stem[0].out_channels == 2 * args.init_channels
+    target = budget.Target(args.init_channels, args.layers, args.image_size, 2, 2)
+    assert budget.genotype_cost(target, genotypes.GLA_FERNet)['macs'] == utils.count_flops(network, 48) // 2

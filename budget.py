@@ -194,10 +194,12 @@ class ExpectedCost:
             total += sum(float(cheapest[node].sort().values[:2].sum()) for node in node_edge_slices(STEPS))
         return total
 
-    def __call__(self, weights):
+    def __call__(self, weights, derived=False):
         """{metric: 0-dim float64 tensor} from weights = {'normal': (op weights, edge weights), 'reduce': (...)},
-        each (edges, candidate ops) and (edges,) in DARTS' edge order (Network.cell_weights)."""
-        probabilities = {cell: self.probabilities(*weights[cell]) for cell in ('normal', 'reduce')}
+        each (edges, candidate ops) and (edges,) in DARTS' edge order (Network.cell_weights). derived: the exact cost
+        of the genotype the weights derive (no gradient), computed on the device from the same tables."""
+        select = self.derived if derived else self.probabilities
+        probabilities = {cell: select(*weights[cell]) for cell in ('normal', 'reduce')}
         costs = {}
         for metric in self.metrics:
             total = torch.tensor(self.fixed[metric], dtype=torch.float64, device=weights['normal'][0].device)
@@ -216,6 +218,18 @@ class ExpectedCost:
         return chosen, p
 
 
+    def derived(self, op_weights, edge_weights):
+        """probabilities() of the genotype the weights derive (Network.genotype): per node its two strongest edges
+        (ties are practically impossible with real-valued weights), each with its strongest operation; 0 or 1."""
+        with torch.no_grad():
+            w = op_weights[:, self.first:].double()
+            p = F.one_hot(w.argmax(1), w.shape[1]).double()
+            strength = w.amax(1) * edge_weights.double()
+            chosen = torch.cat([F.one_hot(strength[node].topk(2).indices, node.stop - node.start).sum(0)
+                                for node in node_edge_slices(STEPS)]).double()
+        return chosen, p
+
+
 TINY = 1e-12
 
 
@@ -229,19 +243,30 @@ def two_of(strength):
 
 
 class BudgetPenalty:
-    """The budget term of the architecture loss: weight * sum over budgets of max(0, E[cost] / budget - 1).
+    """The budget term of the architecture loss, per budget weight * max(0, cost / budget - 1), summed (docs/budget.md
+    "The penalty"). Zero inside the budget, so a search that meets it is the unconstrained search; above it, a pull
+    whose scale does not depend on the metric's unit, so one weight serves parameters, multiply-adds and ms alike.
 
-    Zero inside the budget, so a search that meets it is the unconstrained search; above it, a pull proportional to
-    the relative excess, whose scale does not depend on the metric's unit (parameters, multiply-adds, ms), so one
-    weight serves every budget (docs/budget.md "The penalty")."""
+    of_genotype=False: the cost is E[cost], and so is the gradient. of_genotype=True (train_search.py's default): the
+    penalty's value is that of the exact cost of the genotype the weights derive now, and its gradient weight / budget
+    times the gradient of E[cost] while that genotype is over budget (a straight-through estimate): the pull stops
+    when the genotype meets the budget, not when the near-uniform weights' average does, which can be much later."""
 
-    def __init__(self, expected, budgets, weight):
-        self.expected, self.budgets, self.weight = expected, dict(budgets), weight
+    def __init__(self, expected, budgets, weight, of_genotype=True):
+        self.expected, self.budgets, self.weight, self.of_genotype = expected, dict(budgets), weight, of_genotype
 
     def __call__(self, network):
-        costs = self.expected(network_weights(network))
-        excess = [F.relu(costs[metric] / budget - 1) for metric, budget in self.budgets.items()]
-        return (self.weight * sum(excess)).float()
+        weights = network_weights(network)
+        expected = self.expected(weights)
+        derived = self.expected(weights, derived=True) if self.of_genotype else None
+        terms = []
+        for metric, budget in self.budgets.items():
+            if derived is None:
+                terms.append(F.relu(expected[metric] / budget - 1))
+            else:
+                over = (derived[metric] > budget).double()
+                terms.append(F.relu(derived[metric] / budget - 1) + over * (expected[metric] - expected[metric].detach()) / budget)
+        return (self.weight * sum(terms)).float()
 
 
 def network_weights(network):
@@ -252,11 +277,11 @@ class SearchBudget:
     """What a search knows of costs: its target network, its budgets ({metric: value}, maybe none), the penalty of the
     architecture loss (None without budgets), and each epoch's expected and exact costs."""
 
-    def __init__(self, target, primitives, budgets, weight, latency=None, device='cpu'):
+    def __init__(self, target, primitives, budgets, weight, latency=None, device='cpu', of_genotype=True):
         self.target, self.budgets, self.latency = target, dict(budgets), latency
         metrics = ('params', 'macs') + (('latency_ms',) if latency is not None else ())
         self.expected = ExpectedCost(target, primitives, metrics, latency).to(device)
-        self.penalty = BudgetPenalty(self.expected, self.budgets, weight) if self.budgets else None
+        self.penalty = BudgetPenalty(self.expected, self.budgets, weight, of_genotype) if self.budgets else None
 
     @classmethod
     def from_args(cls, args, num_classes, device):
@@ -269,7 +294,8 @@ class SearchBudget:
             released = released_cost(target, latency)
             budgets = {metric: float(value[:-1]) * released[metric] if isinstance(value, str) else value
                        for metric, value in budgets.items()}
-        return cls(target, args.primitives, budgets, args.budget_weight, latency, device)
+        return cls(target, args.primitives, budgets, args.budget_weight, latency, device,
+                   of_genotype=getattr(args, 'budget_penalty', 'expected') == 'genotype')
 
     def costs(self, network, genotype):
         """{'expected': E[cost] of the network's architecture weights, 'exact': the exact cost of `genotype`,

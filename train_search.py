@@ -45,7 +45,10 @@ costs.add_argument('--latency_table', default=None,
                    help='latency table of the target network (python benchmark.py --latency_table FILE), measured on '
                         'any device; needed by --budget_latency_ms, else its predicted latency is logged')
 costs.add_argument('--budget_weight', type=cli.positive_float, default=1.0,
-                   help='weight of the penalty max(0, E[cost] / budget - 1) in the architecture loss, per budget')
+                   help='weight of the penalty max(0, cost / budget - 1) in the architecture loss, per budget')
+costs.add_argument('--budget_penalty', choices=['genotype', 'expected'], default='genotype',
+                   help="genotype: the penalty pulls (along the gradient of E[cost]) while the genotype the weights "
+                        "derive is over budget; expected: while E[cost] is, the plain relaxation")
 costs.add_argument('--target_channels', type=cli.positive_int, default=genotypes.DISCRETE_NETWORK['init_channels'],
                    help="the discrete network's --init_channels (default: its method's train.py recipe)")
 costs.add_argument('--target_layers', type=cli.positive_int, default=genotypes.DISCRETE_NETWORK['layers'],
@@ -239,7 +242,8 @@ def search_budget(args, num_classes, device, log):
     costs = budget.SearchBudget.from_args(args, num_classes, device)
     log(f'target network: {costs.target.describe()}' + ('; budgets: ' + ', '.join(
         f'{metric} {budget.format_cost(metric, value)}' for metric, value in costs.budgets.items()) +
-        f', penalty weight {args.budget_weight}' if costs.budgets else '; no budget'))
+        f', penalty weight {args.budget_weight} (--budget_penalty {args.budget_penalty})' if costs.budgets
+        else '; no budget'))
     if costs.latency is not None:
         log(f'latency table {args.latency_table}: measured on {costs.latency.device}')
     for metric, value, least in costs.unreachable():

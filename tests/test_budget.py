@@ -114,6 +114,22 @@ def test_the_expected_cost_of_weights_that_select_a_genotype_is_its_networks_exa
     assert exact['macs'] == utils.count_flops(network, 32) // 2 and exact['params'] == utils.count_parameters(network)
 
 
+@pytest.mark.parametrize('method', list(genotypes.METHODS))
+def test_the_derived_cost_is_the_cost_of_the_genotype_the_supernet_derives(method):
+    settings = genotypes.supernet_settings(genotypes.METHODS[method]['supernet'])
+    target = budget.Target(16, 4, 32, num_classes=7)
+    torch.manual_seed(0)
+    for _ in range(4):
+        supernet = train_search.SUPERNETS['sequential'](8, 7, 3, image_size=16, **settings)
+        with torch.no_grad():
+            for parameter in supernet.arch_parameters():
+                parameter.normal_()
+        expected = budget.ExpectedCost(target, supernet.primitives)
+        with torch.no_grad():
+            derived = expected(budget.network_weights(supernet), derived=True)
+        assert {m: round(float(v)) for m, v in derived.items()} == budget.genotype_cost(target, supernet.genotype())
+
+
 def test_the_fixed_part_and_the_least_cost_bound_what_operations_can_reach():
     target = budget.Target(36, 8, 48)
     released = budget.genotype_cost(target, genotypes.GLA_FERNet)
@@ -125,13 +141,15 @@ def test_the_fixed_part_and_the_least_cost_bound_what_operations_can_reach():
     assert expected.least('macs') == 224699328  # pools and skips: no multiply-adds
 
 
-def test_the_penalty_lowers_the_expected_cost_and_the_unconstrained_search_does_not():
+@pytest.mark.parametrize('of_genotype', [True, False])
+def test_the_penalty_lowers_the_expected_cost_and_the_unconstrained_search_does_not(of_genotype):
     def run(penalised):
         torch.manual_seed(0)
         supernet = train_search.SUPERNETS['sequential'](8, 7, 3, image_size=16)
         costs = budget.SearchBudget(budget.Target(8, 3, 16), supernet.primitives, {}, 1.0)
         start = float(costs.expected(budget.network_weights(supernet))['macs'].detach())
-        penalty = budget.BudgetPenalty(costs.expected, {'macs': 0.5 * start}, 1.0) if penalised else None
+        # below what any genotype costs: the penalty pulls in every step, in both forms
+        penalty = budget.BudgetPenalty(costs.expected, {'macs': 0.1 * start}, 1.0, of_genotype) if penalised else None
         optimizer = torch.optim.SGD(supernet.weight_parameters(), 0.1)
         architect = Architect(supernet, optimizer, 3e-2, 1e-3, penalty=penalty)
         generator = torch.Generator().manual_seed(1)

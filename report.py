@@ -210,6 +210,9 @@ def read_run(folder):
         return None if problem else content
 
     args = read(run_folder.ARGS, dict, ARGS_TYPES) or {}
+    if args.get('genotype_file') and not os.path.isabs(args['genotype_file']):
+        # relative to where train.py ran, which is where it made the run folder
+        args['genotype_file'] = os.path.join(os.path.dirname(os.path.abspath(folder)), args['genotype_file'])
     metrics = read(run_folder.METRICS, dict, METRICS_TYPES) or {}
     kind = run_folder.run_kind(folder, args)
     run = {'folder': folder, 'name': os.path.basename(folder), 'args': args, 'metrics': metrics, 'kind': kind,
@@ -333,7 +336,7 @@ def architecture_label(args, metrics):
         search = os.path.basename(os.path.dirname(args['genotype_file'])) or args['genotype_file']
         method = search_method(args['genotype_file'], metrics) or 'searched'
         budgets = pareto.budgets_label(pareto.search_budgets(args['genotype_file'])[0])
-        return (f'{method} genotype ({search})',  # a budget sweep reads on a figure by its budgets
+        return (f'{method} genotype ({search}' + (f'; {budgets})' if budgets else ')'),  # a sweep reads by its budgets
                 f'{method} ({budgets})' if budgets else f'{method} genotype ({save_name(search)})')
     return f'{model} {text}', f'{model} genotype {hashlib.sha1(text.encode()).hexdigest()[:6]}'
 

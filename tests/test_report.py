@@ -462,11 +462,15 @@ def test_a_network_from_a_budgeted_search_says_which_budgets_it_meets(runs, tmp_
     target = {'channels': 8, 'layers': 3, 'image_size': 16, 'stem_stride': 1, 'stem_multiplier': 3, 'num_classes': 7}
     args, metrics = budgeted_search(runs, tmp_path / 'search-tight-synthetic-20261201-101010',
                                     {'params': params, 'macs': macs - 1, 'latency_ms': 2.0}, target)
-    copy_run(runs['gla_seed0'], tmp_path / 'eval-at-target', args=args, metrics=metrics)
+    # train.py records --genotype_file as given: relative to where it ran, which is where it made its run folder
+    relative = {**args, 'genotype_file': os.path.relpath(args['genotype_file'], tmp_path)}
+    copy_run(runs['gla_seed0'], tmp_path / 'eval-at-target', args=relative, metrics=metrics)
     copy_run(runs['gla_seed1'], tmp_path / 'eval-wider', args={**args, 'init_channels': 16}, metrics=metrics)
     copy_run(runs['fgw_seed0'], tmp_path / 'eval-fgw')
-    monkeypatch.chdir(tmp_path)
-    make_report('eval-*', '--out', 'out', '--no-figures', '--budget_params', '1M', '--budget_macs', str(macs))
+    (tmp_path / 'elsewhere').mkdir()
+    monkeypatch.chdir(tmp_path / 'elsewhere')  # a report made from another folder finds the search all the same
+    make_report(str(tmp_path / 'eval-*'), '--out', str(tmp_path / 'out'), '--no-figures', '--budget_params', '1M',
+                '--budget_macs', str(macs))
     rows = {row['run']: row for row in read_csv(tmp_path / 'out' / 'runs.csv')}
     fgw_params = json.load(open(os.path.join(runs['fgw_seed0'], run_folder.METRICS)))['params_without_auxiliary']
     assert rows['eval-fgw']['meets_params'] == ('yes' if fgw_params <= 1e6 else 'no')
@@ -479,7 +483,7 @@ def test_a_network_from_a_budgeted_search_says_which_budgets_it_meets(runs, tmp_
     assert searched['at_search_target'] == 'yes'
     assert rows['eval-wider']['at_search_target'] == 'no: init_channels 16 (target 8)'
     assert rows['eval-fgw']['search_budgets'] == '-' and rows['eval-fgw']['at_search_target'] == '-'
-    legend = report.architecture_label(*(json.load(open(tmp_path / 'eval-at-target' / name))
+    legend = report.architecture_label(*(json.load(open(tmp_path / 'eval-wider' / name))
                                          for name in (run_folder.ARGS, run_folder.METRICS)))[1]
     assert legend == f'gla_fernet ({searched["search_budgets"]})'  # a budget sweep reads on the figures
 

@@ -281,6 +281,14 @@ def main(args, log):
                                                   'skip_search', 'steps', 'repeats')}
     results.update(spread=spread, config=config, torch=torch.__version__, cuda=torch.version.cuda,
                    device=device_name(device))
+    print_results(results, rows, args.model)
+    if args.json:
+        run_folder.write_json(args.json, results)
+
+
+def print_results(results, rows, model):
+    """The measurements as a table, then the sizes, compilation times and operator counts."""
+    config = results['config']
     print(f'device: {results["device"]}, torch {results["torch"]}, CUDA {results["cuda"]}')
     print('config: ' + ', '.join(f'{k}={v}' for k, v in config.items()))
     print(f'{"measure":28s} {"median":>16s} {"per step":>12s}  spread [min, max]')
@@ -288,7 +296,7 @@ def main(args, log):
         print(f'{row[0]:28s} {row[1]:>16s} {row[2]:>12s}  {row[3]}')
     print(f'peak memory {results["peak_mem_mb"]:.0f} MB; ' +
           (f'supernet {results["supernet_params"]:,} parameters; ' if 'supernet_params' in results else '') +
-          f'{args.model} {results["eval_params"]:,} parameters ({results["eval_weights"]:,} convolution and linear '
+          f'{model} {results["eval_params"]:,} parameters ({results["eval_weights"]:,} convolution and linear '
           f'weights), {results["eval_flops"] / 1e6:.1f} MFLOPs = {results["eval_macs"] / 1e6:.1f} M multiply-adds')
     compile_times = {key: value for key, value in results.items() if key.endswith('_compile_s')}
     if compile_times:
@@ -296,8 +304,6 @@ def main(args, log):
                                                        for key, value in compile_times.items()))
     print('operator calls per step: ' + ', '.join(f'{key.replace("_operator_calls", "")} {value:,}'
                                                   for key, value in results.items() if key.endswith('_operator_calls')))
-    if args.json:
-        run_folder.write_json(args.json, results)
 
 
 if __name__ == '__main__':

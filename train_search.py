@@ -255,13 +255,14 @@ def search_budget(args, num_classes, device, log):
 
 
 def better(candidate, best):
-    """Whether an epoch's genotype replaces the best so far: one that meets the budgets beats one that does not, then
-    the higher architecture-validation accuracy wins (without budgets: the accuracy alone)."""
+    """Whether an epoch's genotype replaces the best so far: one that meets the budgets beats one that does not, and
+    of two that miss, the nearer to meeting them (the smaller largest excess); then the higher
+    architecture-validation accuracy wins (without budgets: the accuracy alone)."""
     if best['genotype'] is None:
         return True
-    meets, best_meets = not candidate['cost']['over'], not best.get('cost', {}).get('over')
-    if meets != best_meets:
-        return meets
+    excess = lambda entry: max(entry.get('cost', {}).get('over', {}).values(), default=0.0)
+    if excess(candidate) != excess(best):
+        return excess(candidate) < excess(best)
     return candidate['accuracy'] > best['accuracy']
 
 

@@ -283,3 +283,15 @@ def test_train_builds_the_stem_its_flags_give_and_counts_a_quarter_of_the_multip
     assert network.stem[0].stride == (2, 2) and network.stem[0].out_channels == 2 * args.init_channels
     target = budget.Target(args.init_channels, args.layers, args.image_size, 2, 2)
     assert budget.genotype_cost(target, genotypes.GLA_FERNet)['macs'] == utils.count_flops(network, 48) // 2
+
+
+def test_a_genotype_within_budget_beats_a_more_accurate_one_over_it_and_the_nearest_miss_beats_the_rest():
+    def epoch(accuracy, **over):
+        return {'epoch': 0, 'accuracy': accuracy, 'genotype': 'G', 'cost': {'over': over}}
+    none_yet = {'epoch': -1, 'accuracy': -1.0, 'genotype': None}
+    assert train_search.better(epoch(10.0, macs=0.5), none_yet)
+    assert train_search.better(epoch(10.0), epoch(90.0, macs=0.01))
+    assert not train_search.better(epoch(90.0, macs=0.01), epoch(10.0))
+    assert train_search.better(epoch(10.0, macs=0.02, params=0.01), epoch(90.0, macs=0.03))
+    assert train_search.better(epoch(60.0), epoch(50.0)) and not train_search.better(epoch(50.0), epoch(60.0))
+    assert train_search.better(epoch(60.0), {'epoch': 3, 'accuracy': 50.0, 'genotype': 'G'})  # an older checkpoint

@@ -90,7 +90,8 @@ def operation_cost(name, channels, stride, size):
     channels x size x size input."""
     if name == 'none':
         return 0, 0
-    op = OPS[name](channels, stride, True)
+    with torch.random.fork_rng(devices=[]):  # a cost is not a draw: the run's random stream stays as it was
+        op = OPS[name](channels, stride, True)
     return utils.count_parameters(op), count_macs(op, (1, channels, size, size))
 
 
@@ -121,7 +122,8 @@ def count_macs(module, shape):
 def genotype_cost(target, genotype, latency=None):
     """The exact cost of the network train.py builds from `genotype` at `target`: {'params', 'macs'} (the auxiliary
     head, which inference does not run, left out), and 'latency_ms' as the latency table `latency` predicts it."""
-    network = target.network(genotype)
+    with torch.random.fork_rng(devices=[]):  # the initialisation draws nothing from the run's random stream
+        network = target.network(genotype)
     cost = {'params': utils.count_parameters(network),
             'macs': count_macs(network, (1, 3, target.image_size, target.image_size))}
     if latency is not None:

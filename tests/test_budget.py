@@ -295,3 +295,13 @@ def test_a_genotype_within_budget_beats_a_more_accurate_one_over_it_and_the_near
     assert train_search.better(epoch(10.0, macs=0.02, params=0.01), epoch(90.0, macs=0.03))
     assert train_search.better(epoch(60.0), epoch(50.0)) and not train_search.better(epoch(50.0), epoch(60.0))
     assert train_search.better(epoch(60.0), {'epoch': 3, 'accuracy': 50.0, 'genotype': 'G'})  # an older checkpoint
+
+
+def test_costs_draw_nothing_from_the_runs_random_stream():
+    budget.operation_cost.cache_clear()
+    budget.fixed_cost.cache_clear()
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    budget.SearchBudget(budget.Target(8, 3, 16), genotypes.PRIMITIVES, {'macs': 1e6}, 1.0)
+    budget.genotype_cost(budget.Target(8, 3, 16), genotypes.GLA_FERNet)
+    assert torch.equal(torch.get_rng_state(), before)  # a run's draws do not depend on what was cached before it

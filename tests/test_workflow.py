@@ -165,6 +165,8 @@ def test_flags_and_help_answer_before_torch_is_imported(tmp_path):
         ('train_search.py', ['--primitives', 'none'], 'need at least one besides none'),
         ('benchmark.py', ['--method', 'emonas', '--sampling', 'random'], 'random sampling needs --k above 1'),
         ('train.py', ['--arch', 'DARTS_V2', '--genotype', 'Genotype()'], 'only one of'),
+        ('train.py', ['--image_size', '50'], 'argument --image_size: image size 50 is not supported: height and '
+                                             'width must be multiples of 4'),
         ('train_search.py', ['--dataset', 'ckplus', '--fold', '10'], 'argument --fold: 10 is not one of the folds'),
         ('train.py', ['--model', 'rlr_cnet', '--mixup_alpha', '0.2'], "do not combine with rlr_cnet's two-branch"),
         ('train.py', ['--model', 'cores_se', '--layers', '5'], '--layers: applies to --model gla_fernet'),
@@ -183,7 +185,6 @@ def test_flags_and_help_answer_before_torch_is_imported(tmp_path):
     (['--arch', 'NOT_A_GENOTYPE'], 'unknown architecture name'),
     (['--genotype_file', '/nonexistent/search-folder'], 'does not exist'),
     (['--dataset', 'rafdb', '--data', '/nonexistent/raf-basic'], '/nonexistent/raf-basic'),
-    (['--image_size', '50'], 'multiples of 4'),
     (['--batch_size', '256'], 'the training set has 64 images, fewer than one batch of --batch_size 256'),
 ])
 def test_bad_input_stops_before_a_run_folder_exists(dataset, tmp_path, monkeypatch, args, message):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 import genotypes
 import model
+import run_folder
 import utils
 from errors import UserError
 from model_search_softmax_sigmoid import node_edge_slices
@@ -204,7 +205,7 @@ class ExpectedCost:
         probabilities = {cell: select(*weights[cell]) for cell in ('normal', 'reduce')}
         costs = {}
         for metric in self.metrics:
-            total = torch.tensor(self.fixed[metric], dtype=torch.float64, device=weights['normal'][0].device)
+            total = self.fixed[metric]  # a Python number: no tensor made (and copied to the device) per step
             for cell, (chosen, p) in probabilities.items():
                 table = self.tables[metric][cell][:, self.first:]
                 total = total + (chosen * (p * table).sum(1)).sum()
@@ -351,7 +352,6 @@ class LatencyTable:
 
     @classmethod
     def read(cls, path):
-        import run_folder
         return cls(run_folder.read_json(path, 'latency table'), path)
 
     def check(self, target, primitives):
